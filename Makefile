@@ -1,0 +1,35 @@
+# fsseg developer entry points. `make test` works on a fresh clone: it installs first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fsseg-installed
+
+.PHONY: install test test-real lint bench clean
+
+install: $(STAMP)
+
+# torch 2.14.1 + torchvision 0.29.1 first (the known-good pair, taken from the local wheel
+# cache on the dev/CI machines), then fsseg itself with its test extra.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+# longer checks on the real data in ../shared/data (skipped when it is absent)
+test-real: install
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: none collected
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,83 @@
+"""Errors as one line, progress bars, logging: how fsseg talks to the person at the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from stages.core.errors import FssegError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `error: message` on one line to stderr and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """Turn user errors into one line and a non-zero exit (tracebacks with FSSEG_DEBUG=1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FssegError as err:
+            if os.environ.get("FSSEG_DEBUG") == "1":
+                raise
+            raise fail(str(err)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; run the same command again to resume", 130) from None
+
+    return wrapper
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("stages").setLevel(level)
+    for noisy in ("PIL", "matplotlib", "urllib3", "timm", "root"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+@contextlib.contextmanager
+def progress(description: str, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A `on_progress(done, total)` callback that drives a Rich progress bar on stderr."""
+    if quiet or not sys.stderr.isatty() and os.environ.get("FSSEG_PROGRESS") != "1":
+        yield lambda done, total: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

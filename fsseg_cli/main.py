@@ -1,0 +1,29 @@
+"""The `fsseg` command: one subcommand per pipeline stage, plus `info`."""
+
+from __future__ import annotations
+
+import typer
+
+from fsseg_cli import evaluate, info
+
+app = typer.Typer(
+    name="fsseg",
+    help=(
+        "Label-efficient image segmentation as a file-based pipeline.\n\n"
+        "Each command is one stage: it reads files (images, masks, earlier artifacts) and writes one "
+        "output folder ending with manifest.json. Run [bold]fsseg COMMAND --help[/] for what a stage "
+        "reads, writes and defaults to."
+    ),
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.command("info", help="Versions, devices, and which pretrained weights are in the local caches.")(
+    info.info
+)
+app.command("evaluate", help=evaluate.HELP)(evaluate.evaluate)
+
+if __name__ == "__main__":
+    app()

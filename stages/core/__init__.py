@@ -1,0 +1,1 @@
+"""Shared machinery of the stages: artifacts, image I/O, devices, distributed, checkpoints, metrics."""

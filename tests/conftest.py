@@ -1,0 +1,42 @@
+"""Shared test helpers: running the real `fsseg` command, and where the shared real data lives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FSSEG = Path(sys.executable).parent / "fsseg"
+
+
+def run_fsseg(*args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run the installed `fsseg` console script as a user would; returns the completed process."""
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    full_env.pop("FSSEG_DEBUG", None) if "FSSEG_DEBUG" not in (env or {}) else None
+    proc = subprocess.run([str(FSSEG), *map(str, args)], capture_output=True, text=True, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fsseg {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data {path} is absent (it ships beside the repo on dev and CI machines)")
+    return path
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The user-facing error: exactly one non-empty stderr line starting with 'error:', no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
