@@ -1,4 +1,4 @@
-"""`fsseg evaluate`: scores and charts for a folder of predictions."""
+"""`fsseg evaluate`: scores and charts for predictions of any stage."""
 
 from __future__ import annotations
 
@@ -11,14 +11,27 @@ from fsseg_cli.console import console, handles_errors, progress, setup_logging
 from fsseg_cli.options import NumWorkers, Out, Overwrite, Quiet, Verbose
 
 HELP = (
-    "Score predicted label maps against ground truth.\n\n"
-    "[bold]Reads[/]: --pred and --gt folders of label PNGs paired by file name (pixel value = class id; "
-    "ground-truth pixels equal to --ignore-index are not scored).\n\n"
-    "[bold]Writes[/] (--out): metrics.json (mIoU, pixel accuracy, mean class accuracy, per-class IoU, all in "
-    "percent; the confusion matrix), per_class.csv, per_class_iou.png, confusion_matrix.png, manifest.json.\n\n"
+    "Score predictions against ground truth.\n\n"
+    "[bold]semantic[/]: --pred and --gt folders of label PNGs paired by file name (pixel = class id); "
+    "mIoU, pixel accuracy, confusion matrix.\n\n"
+    "[bold]fss[/]: --pred holds <episode index:05d>.png (non-zero = foreground) for the episodes of --episodes; "
+    "mIoU and FB-IoU as in HSNet, plus the example-wise mean.\n\n"
+    "[bold]gfss[/]: --pred holds <index:05d>.png class-id maps (standard protocol) or binary query masks plus "
+    "<index:05d>_base.png (gfss-binary); base / novel / mean / harmonic mIoU.\n\n"
+    "[bold]panoptic[/]: --pred and --gt in Cityscapes form (*_instanceIds.png) or COCO panoptic (one JSON + "
+    "PNG folder); PQ, SQ, RQ for all, things, stuff and per class.\n\n"
+    "[bold]Writes[/] (--out): metrics.json (percent), per_class.csv, per_class.png, confusion_matrix.png or "
+    "pq_breakdown.png, manifest.json.\n\n"
     "[bold]Example[/]: fsseg evaluate --task semantic --pred preds/ --gt camvid/valannot --num-classes 11 "
     "--ignore-index 11 --out runs/eval"
 )
+
+_HEADLINES = {
+    "semantic": ("mIoU", "miou", "pixel accuracy", "pixel_accuracy"),
+    "fss": ("mIoU", "miou", "FB-IoU", "fb_iou"),
+    "gfss": ("base mIoU", "base_miou", "novel mIoU", "novel_miou"),
+    "panoptic": ("PQ", "pq", "SQ", "sq"),
+}
 
 
 def _class_names(value: str | None) -> list[str] | None:
@@ -33,21 +46,49 @@ def _class_names(value: str | None) -> list[str] | None:
 @handles_errors
 def evaluate(
     pred: Annotated[
-        Path, typer.Option("--pred", help="Folder of predicted label PNGs (same file names as --gt).")
+        Path, typer.Option("--pred", help="Predictions: a folder, or the artifact of the predicting stage.")
     ],
-    gt: Annotated[Path, typer.Option("--gt", help="Folder of ground-truth label PNGs.")],
-    num_classes: Annotated[int, typer.Option("--num-classes", min=1, help="Number of classes (ids 0..N-1).")],
     out: Out,
-    task: Annotated[Literal["semantic"], typer.Option("--task", help="What to score.")] = "semantic",
+    task: Annotated[
+        Literal["semantic", "fss", "gfss", "panoptic"], typer.Option("--task", help="What to score.")
+    ] = "semantic",
+    gt: Annotated[Path | None, typer.Option("--gt", help="Ground-truth folder (semantic, panoptic).")] = None,
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", min=1, help="semantic: number of classes (ids 0..N-1).")
+    ] = None,
     ignore_index: Annotated[
-        int, typer.Option("--ignore-index", help="Ground-truth id that is not scored.")
+        int, typer.Option("--ignore-index", help="semantic: ground-truth id that is not scored.")
     ] = 255,
     class_names: Annotated[
         str | None,
         typer.Option(
-            "--class-names", help="Class names: a text file (one per line) or a comma-separated list."
+            "--class-names", help="semantic: names, a text file (one per line) or a comma-separated list."
         ),
     ] = None,
+    episodes: Annotated[
+        Path | None, typer.Option("--episodes", help="fss/gfss: episodes JSON from `fsseg data episodes`.")
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="fss/gfss: dataset folder, if it moved since the episodes were made."),
+    ] = None,
+    resize_gt: Annotated[
+        int | None,
+        typer.Option(
+            "--resize-gt", min=1, help="fss: score at NxN (HSNet's default 400) instead of the original size."
+        ),
+    ] = None,
+    panoptic_format: Annotated[
+        Literal["cityscapes", "coco"], typer.Option("--format", help="panoptic: input form.")
+    ] = "cityscapes",
+    dataset: Annotated[
+        Literal["cityscapes", "camvid"],
+        typer.Option("--dataset", help="panoptic, Cityscapes form: whose label ids."),
+    ] = "cityscapes",
+    missing_as_empty: Annotated[
+        bool,
+        typer.Option("--missing-as-empty", help="Count missing predictions as empty instead of failing."),
+    ] = False,
     overwrite: Overwrite = False,
     num_workers: NumWorkers = 2,
     quiet: Quiet = False,
@@ -61,20 +102,34 @@ def evaluate(
     with progress("scoring", quiet) as on_progress:
         path = run_evaluate(
             pred,
-            gt,
             out,
             task=task,
+            gt_dir=gt,
+            episodes=episodes,
+            root=root,
             num_classes=num_classes,
             ignore_index=ignore_index,
             class_names=_class_names(class_names),
+            panoptic_format=panoptic_format,
+            dataset=dataset,
+            resize_gt=resize_gt,
+            missing_as_empty=missing_as_empty,
             num_workers=num_workers,
             overwrite=overwrite,
             on_progress=on_progress,
         )
     metrics = json.loads((path / "metrics.json").read_text())
+    first, first_key, second, second_key = _HEADLINES[task]
+    count = metrics.get("num_images", metrics.get("num_episodes"))
+    unit = "images" if "num_images" in metrics else "episodes"
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    extra = f"  harmonic {fmt(metrics['harmonic_miou'])}" if task == "gfss" else ""
     console.print(
-        f"mIoU {metrics['miou']:.2f}  pixel accuracy {metrics['pixel_accuracy']:.2f}  "
-        f"({metrics['num_images']} images) -> {path / 'metrics.json'}",
+        f"{first} {fmt(metrics[first_key])}  {second} {fmt(metrics[second_key])}{extra}  ({count} {unit}) -> "
+        f"{path / 'metrics.json'}",
         highlight=False,
         soft_wrap=True,
     )

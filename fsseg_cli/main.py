@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fsseg_cli import evaluate, info
+from fsseg_cli import data, evaluate, info
 
 app = typer.Typer(
     name="fsseg",
@@ -24,6 +24,7 @@ app.command("info", help="Versions, devices, and which pretrained weights are in
     info.info
 )
 app.command("evaluate", help=evaluate.HELP)(evaluate.evaluate)
+app.add_typer(data.app, name="data")
 
 if __name__ == "__main__":
     app()

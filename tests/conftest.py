@@ -40,3 +40,25 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
     return errors[0]
+
+
+def make_voc_tree(root: Path) -> Path:
+    """A tiny VOC2012 tree: 12 images 64x64; a 40x40 square of class 1 (even i) or 2 (odd i),
+    a class-8 corner on every third image, row 0 = 255 (border)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassAug").mkdir()
+    for i in range(12):
+        label = np.zeros((64, 64), np.uint8)
+        label[:40, :40] = 1 + (i % 2)
+        if i % 3 == 0:
+            label[50:, 50:] = 8
+        label[0, :] = 255
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+            root / "JPEGImages" / f"im{i:02d}.jpg"
+        )
+        Image.fromarray(label).save(root / "SegmentationClassAug" / f"im{i:02d}.png")
+    return root

@@ -49,8 +49,9 @@ def test_hand_computed_toy(toy, tmp_path):
     )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     # IoU: bg 2/4, cat 3/5, dog 3/5; 8 of 11 scored pixels right
-    assert metrics["per_class"]["bg"]["iou"] == pytest.approx(50.0)
-    assert metrics["per_class"]["cat"]["iou"] == pytest.approx(60.0)
+    per_class = {row["name"]: row for row in metrics["per_class"]}
+    assert per_class["bg"]["iou"] == pytest.approx(50.0)
+    assert per_class["cat"]["iou"] == pytest.approx(60.0)
     assert metrics["miou"] == pytest.approx(100 * (0.5 + 0.6 + 0.6) / 3, abs=1e-3)
     assert metrics["pixel_accuracy"] == pytest.approx(100 * 8 / 11, abs=1e-3)
     assert metrics["confusion_matrix"] == [[2, 1, 0], [0, 3, 1], [1, 0, 3]]
@@ -58,7 +59,7 @@ def test_hand_computed_toy(toy, tmp_path):
     assert csv_lines[0] == "class_id,name,iou,accuracy,gt_pixels,pred_pixels" and csv_lines[1].startswith(
         "0,bg,50.0"
     )
-    for png in ("per_class_iou.png", "confusion_matrix.png"):
+    for png in ("per_class.png", "confusion_matrix.png"):
         assert Image.open(tmp_path / "ev" / png).size[0] > 300
     manifest = json.loads((tmp_path / "ev" / "manifest.json").read_text())
     assert manifest["kind"] == "metrics" and manifest["label_map"]["1"] == "cat"
@@ -97,7 +98,7 @@ def test_rerun_is_up_to_date_and_errors_keep_outputs(toy, tmp_path):
         ("size", "is 2x1 but ground truth"),
         ("gt_id", r"label id\(s\) 7 outside 0\.\.2"),
         ("pred_id", r"prediction .* has label id\(s\) 9 outside 0\.\.2"),
-        ("missing", "1 of 2 ground-truth images have no prediction"),
+        ("missing", "1 of 2 predictions are missing.*--missing-as-empty"),
         ("no_gt", "ground-truth folder not found"),
         ("out_is_file", "is a file"),
     ],
@@ -225,3 +226,96 @@ def test_semantic_miou_matches_torchmetrics():
     peer = MulticlassJaccardIndex(num_classes=6, ignore_index=255, average="none")
     peer.update(torch.from_numpy(pred), torch.from_numpy(gt))
     np.testing.assert_allclose(ours.iou(), peer.compute().double().numpy(), rtol=0, atol=1e-6)
+
+
+def _episode_predictions(tmp_path, protocol, perfect_from=0):
+    from stages.core.datasets import open_dataset
+    from stages.core.episodes import make_episodes, write_episodes
+    from tests.conftest import make_voc_tree
+
+    ds = open_dataset("pascal", make_voc_tree(tmp_path / "VOC2012"), "all")
+    doc = make_episodes(ds, fold=0, shots=1, n=4, seed=0, protocol=protocol, min_area=1000)
+    write_episodes(tmp_path / "episodes.json", doc)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i, ep in enumerate(doc["episodes"]):
+        label = ds.load_label(ds.sample(ep["query"]))
+        fg = (label == ep["class"]) if i >= perfect_from else np.zeros_like(label, bool)
+        Image.fromarray(fg.astype(np.uint8)).save(pred / f"{i:05d}.png")
+        if ep.get("base_query"):
+            base = ds.load_label(ds.sample(ep["base_query"]))
+            base = np.where(np.isin(base, doc["novel_classes"]) | (base == 255), 0, base)
+            Image.fromarray(base.astype(np.uint8)).save(pred / f"{i:05d}_base.png")
+    return tmp_path / "episodes.json", pred
+
+
+def test_fss_by_hand(tmp_path):
+    episodes, pred = _episode_predictions(tmp_path, "fss", perfect_from=1)  # episode 0 predicts nothing
+    run_fsseg(
+        "evaluate",
+        "--task",
+        "fss",
+        "--pred",
+        pred,
+        "--episodes",
+        episodes,
+        "--out",
+        tmp_path / "ev",
+        check=True,
+    )
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    # class 1: episodes 0 (empty) and 2 (perfect), 1560 fg pixels each -> 1560/3120; class 2 perfect
+    assert m["miou"] == pytest.approx(75.0)
+    assert m["fb_iou"] == pytest.approx(100 * (4680 / 6240 + 9888 / 11448) / 2)
+    assert m["episode_mean_fg_iou"] == pytest.approx(75.0)
+    assert m["classes_without_episodes"] == ["bird", "boat", "bottle"]
+    (pred / "00000.png").unlink()
+    proc = run_fsseg(
+        "evaluate", "--task", "fss", "--pred", pred, "--episodes", episodes, "--out", tmp_path / "ev2"
+    )
+    assert "1 of 4 predictions are missing" in error_line(proc)
+    run_fsseg(
+        "evaluate",
+        "--task",
+        "fss",
+        "--pred",
+        pred,
+        "--episodes",
+        episodes,
+        "--out",
+        tmp_path / "ev2",
+        "--missing-as-empty",
+        check=True,
+    )
+    assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["miou"] == pytest.approx(75.0)
+
+
+def test_gfss_binary_perfect_and_wrong_protocol(tmp_path):
+    episodes, pred = _episode_predictions(tmp_path, "gfss-binary")
+    run_fsseg(
+        "evaluate",
+        "--task",
+        "gfss",
+        "--pred",
+        pred,
+        "--episodes",
+        episodes,
+        "--out",
+        tmp_path / "ev",
+        check=True,
+    )
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["base_miou"] == pytest.approx(100.0) and m["novel_miou"] == pytest.approx(100.0)
+    assert m["harmonic_miou"] == pytest.approx(100.0)
+    proc = run_fsseg(
+        "evaluate",
+        "--task",
+        "fss",
+        "--pred",
+        pred,
+        "--episodes",
+        tmp_path / "nope.json",
+        "--out",
+        tmp_path / "x",
+    )
+    assert "episodes file not found" in error_line(proc)

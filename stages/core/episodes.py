@@ -1,0 +1,142 @@
+"""Reproducible few-shot episodes: one JSON file that every method reads.
+
+Protocols (see the README, "Episodes"):
+- `fss` (HSNet's): the (image, class) pairs of the fold's classes in list order; episode i
+  takes pair i mod N as query, and its K supports are drawn at random among the other images
+  of the same class (distinct, never the query). COCO draws the class uniformly first, then
+  the query, then the supports, as HSNet does for COCO-20i.
+- `gfss-binary` (the GFSS report's): an `fss` episode plus one extra image showing base classes
+  (`base_query`), on which base-class predictions are scored.
+- `gfss` (the standard GFSS protocol of CAPL / DIaM): K supports for every novel class of the
+  fold; the query is labelled among background, base and novel classes at once.
+Same arguments and seed -> the same file, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.core.artifacts import atomic_write_text
+from stages.core.datasets import Dataset
+from stages.core.errors import FssegError
+
+FORMAT = "fsseg-episodes/1"
+PROTOCOLS = ("fss", "gfss-binary", "gfss")
+DEFAULT_MIN_AREA = 2 * 32 * 32  # pixels a class must cover to enter an image's list (PFENet's rule)
+
+
+def _draw_supports(
+    rng: np.random.Generator, pool: list[str], exclude: str, shots: int, cls: str
+) -> list[str]:
+    candidates = [i for i in pool if i != exclude]
+    if len(candidates) < shots:
+        raise FssegError(
+            f"class {cls} has {len(candidates)} image(s) besides the query, fewer than --shots {shots}; "
+            f"lower --shots or --min-area"
+        )
+    return [candidates[int(i)] for i in rng.choice(len(candidates), size=shots, replace=False)]
+
+
+def make_episodes(
+    dataset: Dataset,
+    *,
+    fold: int,
+    shots: int,
+    n: int,
+    seed: int = 0,
+    protocol: str = "fss",
+    n_folds: int | None = None,
+    min_area: int = DEFAULT_MIN_AREA,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Build the episodes document (not yet written)."""
+    if protocol not in PROTOCOLS:
+        raise FssegError(f"--protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if shots < 1 or n < 1:
+        raise FssegError("--shots and --n must be at least 1")
+    novel = dataset.fold_classes(fold, n_folds)
+    base = [c for c in dataset.foreground_classes() if c not in novel]
+    pairs = dataset.pairs(novel, min_area, on_progress)
+    if not pairs:
+        raise FssegError(
+            f"no image of {dataset.name} shows a class of fold {fold} over {min_area} pixels; "
+            f"check --root/--split or lower --min-area"
+        )
+    by_class: dict[int, list[str]] = {}
+    for image_id, c in pairs:
+        by_class.setdefault(c, []).append(image_id)
+    rng = np.random.default_rng(seed)
+    episodes: list[dict[str, Any]] = []
+    if protocol == "gfss":
+        missing = [dataset.class_names[c] for c in novel if c not in by_class]
+        if missing:
+            raise FssegError(
+                f"fold {fold} classes {', '.join(missing)} have no images; the gfss protocol needs all"
+            )
+        queries = list(dict.fromkeys(image_id for image_id, _ in pairs))
+        for i in range(n):
+            query = queries[i % len(queries)]
+            supports = {
+                str(c): _draw_supports(rng, by_class[c], query, shots, dataset.class_names[c]) for c in novel
+            }
+            episodes.append({"query": query, "supports": supports})
+    else:
+        base_pool = [s.id for s in dataset.samples()] if protocol == "gfss-binary" else []
+        if protocol == "gfss-binary":
+            scan = dataset.scan()
+            base_pool = [i for i in base_pool if any(c in scan.get(i, {}) for c in base)]
+        classes = sorted(by_class)
+        for i in range(n):
+            if dataset.name == "coco":
+                cls = classes[int(rng.integers(len(classes)))]
+                query = by_class[cls][int(rng.integers(len(by_class[cls])))]
+            else:
+                query, cls = pairs[i % len(pairs)]
+            support = _draw_supports(rng, by_class[cls], query, shots, dataset.class_names[cls])
+            episode: dict[str, Any] = {"class": cls, "query": query, "support": support}
+            if protocol == "gfss-binary":
+                episode["base_query"] = base_pool[int(rng.integers(len(base_pool)))] if base_pool else None
+            episodes.append(episode)
+    return {
+        "format": FORMAT,
+        "dataset": dataset.name,
+        "root": str(dataset.root.resolve()),
+        "split": dataset.split,
+        "fold": fold,
+        "n_folds": n_folds,
+        "shots": shots,
+        "seed": seed,
+        "protocol": protocol,
+        "min_area": min_area,
+        "novel_classes": novel,
+        "base_classes": base,
+        "class_names": dataset.class_names,
+        "ignore_index": dataset.ignore_index,
+        "background": dataset.background,
+        "episodes": episodes,
+    }
+
+
+def write_episodes(path: str | Path, document: dict[str, Any]) -> Path:
+    atomic_write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def read_episodes(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FssegError(f"episodes file not found: {path}; make one with `fsseg data episodes`")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise FssegError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}); regenerate it"
+        ) from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise FssegError(f"{path} is not an fsseg episodes file; make one with `fsseg data episodes`")
+    return document

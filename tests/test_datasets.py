@@ -1,0 +1,249 @@
+"""Dataset readers on small trees in their real layouts, and on the real samples in ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.core.datasets import open_dataset
+from stages.core.datasets.readers import CITYSCAPES_TRAIN_IDS, VOC_CLASSES
+from stages.core.errors import FssegError
+from stages.core.imageio import read_label, write_label
+from tests.conftest import run_fsseg, shared_data
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSSEG_CACHE", str(tmp_path / "cache"))
+
+
+def _img(path, h=40, w=60, value=120):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+
+
+def _lbl(path, arr, mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(arr)
+    if mode == "P":
+        write_label(path, arr.astype(np.uint8))
+    elif arr.dtype == np.uint16:
+        Image.fromarray(arr).save(path)
+    else:
+        Image.fromarray(arr.astype(np.uint8)).save(path)
+
+
+def _pascal_tree(root, palette=False):
+    folder = "SegmentationClass" if palette else "SegmentationClassAug"
+    for i, (cls, area) in enumerate([(1, 900), (1, 100), (7, 1200), (12, 2400)]):
+        label = np.zeros((40, 60), np.uint8)
+        label.ravel()[:area] = cls
+        label[-1, :] = 255
+        _img(root / "JPEGImages" / f"2008_{i:06d}.jpg")
+        _lbl(root / folder / f"2008_{i:06d}.png", label, "P" if palette else "L")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("2008_000000\n2008_000001\n2008_000002\n")
+
+
+@pytest.mark.parametrize("palette", [False, True])
+def test_pascal_tree(tmp_path, palette):
+    _pascal_tree(tmp_path, palette)
+    ds = open_dataset("pascal", tmp_path)
+    assert ds.split == "val" and [s.id for s in ds.samples()] == ["2008_000000", "2008_000001", "2008_000002"]
+    assert ds.class_names == VOC_CLASSES and ds.ignore_index == 255
+    label = ds.load_label(ds.samples()[0])
+    assert (label == 1).sum() == 900 and (label == 255).sum() == 60
+    assert ds.fold_classes(0) == [1, 2, 3, 4, 5] and ds.fold_classes(3) == [16, 17, 18, 19, 20]
+    assert ds.pairs(ds.fold_classes(0), min_area=500) == [("2008_000000", 1)]
+    assert ds.pairs(ds.fold_classes(0), min_area=50) == [("2008_000000", 1), ("2008_000001", 1)]
+    assert open_dataset("pascal", tmp_path, "all").samples()[-1].id == "2008_000003"
+    with pytest.raises(FssegError, match="out of range"):
+        ds.fold_classes(4)
+
+
+def test_pascal_published_pair_list(tmp_path):
+    _pascal_tree(tmp_path)
+    lst = tmp_path / "fold0.txt"
+    lst.write_text("2008_000001__1\n2008_000002__7\n")
+    ds = open_dataset("pascal", tmp_path, str(lst))
+    assert [s.id for s in ds.samples()] == ["2008_000001", "2008_000002"]
+    assert ds.pairs([1, 2, 3, 4, 5], min_area=10**6) == [("2008_000001", 1)]  # the list decides, not the area
+
+
+def test_coco_json_and_png_layouts(tmp_path):
+    _img(tmp_path / "val2014" / "COCO_val2014_000000000001.jpg", 20, 30)
+    anns = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 18,
+            "iscrowd": 0,
+            "area": 100.0,
+            "bbox": [0, 0, 10, 10],
+            "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]],
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 1,
+            "area": 40.0,
+            "bbox": [20, 10, 4, 10],
+            "segmentation": {"size": [20, 30], "counts": [410, 10, 10, 10, 10, 10, 10, 10, 110]},
+        },
+    ]
+    cats = [
+        {"id": cid, "name": n, "supercategory": "x"}
+        for cid, n in [(1, "person"), (18, "dog"), (90, "toothbrush")]
+    ]
+    doc = {
+        "images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg", "height": 20, "width": 30}],
+        "annotations": anns,
+        "categories": cats,
+    }
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2014.json").write_text(json.dumps(doc))
+    ds = open_dataset("coco", tmp_path, "val2014")
+    assert ds.class_names == ["background", "person", "dog", "toothbrush"]
+    label = ds.load_label(ds.samples()[0])
+    assert set(np.unique(label)) == {0, 2, 255}
+    assert (label == 255).sum() > 0 and label[5, 5] == 2
+    assert ds.samples()[0].label.is_file()  # rendered once, cached
+    assert ds.fold_classes(1) == [
+        2,
+        6,
+        10,
+        14,
+        18,
+        22,
+        26,
+        30,
+        34,
+        38,
+        42,
+        46,
+        50,
+        54,
+        58,
+        62,
+        66,
+        70,
+        74,
+        78,
+    ]
+    png_root = tmp_path / "hsnet"
+    _img(png_root / "train2014" / "COCO_train2014_000000000009.jpg")
+    _lbl(png_root / "annotations" / "train2014" / "COCO_train2014_000000000009.png", np.full((40, 60), 17))
+    png = open_dataset("coco", png_root, "train2014")
+    assert png.class_names[17] == "dog" and png.load_label(png.samples()[0]).max() == 17
+
+
+def test_cityscapes_tree_maps_every_label_id(tmp_path):
+    stem = "aachen_000000_000019"
+    labels = np.arange(34, dtype=np.uint8).repeat(3).reshape(6, 17)
+    _img(tmp_path / "leftImg8bit" / "train" / "aachen" / f"{stem}_leftImg8bit.png", 6, 17)
+    _lbl(tmp_path / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_labelIds.png", labels)
+    inst = labels.astype(np.uint16)
+    inst[0, 0] = 26001
+    _lbl(tmp_path / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_instanceIds.png", inst)
+    ds = open_dataset("cityscapes", tmp_path)
+    mapped = ds.load_label(ds.samples()[0])
+    expected = np.array([CITYSCAPES_TRAIN_IDS.get(int(v), 255) for v in labels.ravel()]).reshape(labels.shape)
+    np.testing.assert_array_equal(mapped, expected)
+    assert sorted(set(np.unique(mapped)) - {255}) == list(range(19))
+    assert ds.load_instances(ds.samples()[0])[0, 0] == 26001
+    assert [ds.class_names[t] for t in ds.things][:3] == ["person", "rider", "car"]
+
+
+def test_camvid_fss1000_folder_trees(tmp_path):
+    cam = tmp_path / "camvid"
+    for split in ("train", "val"):
+        _img(cam / split / "0001TP_006690.png", 12, 16)
+        _lbl(cam / f"{split}annot" / "0001TP_006690.png", np.arange(12 * 16).reshape(12, 16) % 12)
+    ds = open_dataset("camvid", cam)
+    assert ds.split == "train" and ds.ignore_index == 11 and ds.background is None
+    assert [ds.class_names[c] for c in ds.fold_classes(2)] == ["Pole", "SignSymbol", "Bicyclist"]
+    fss = tmp_path / "fss"
+    for cls in ("eiffel_tower", "zebra"):
+        for k in (1, 2):
+            _img(fss / cls / f"{k}.jpg", 10, 10)
+            _lbl(fss / cls / f"{k}.png", np.where(np.eye(10) > 0, 255, 0))
+    ds = open_dataset("fss1000", fss)
+    assert ds.class_names == ["background", "eiffel_tower", "zebra"]
+    assert set(np.unique(ds.load_label(ds.sample("zebra/2")))) == {0, 2}
+    own = tmp_path / "own"
+    _img(own / "images" / "a.jpg", 8, 8)
+    _lbl(own / "masks" / "a.png", np.ones((8, 8)))
+    with pytest.raises(FssegError, match="classes.yaml is missing"):
+        open_dataset("folder", own)
+    (own / "classes.yaml").write_text(
+        "names: [background, cat, dog]\nignore_index: 255\nthings: [cat, dog]\n"
+    )
+    ds = open_dataset("folder", own)
+    assert ds.things == (1, 2) and ds.load_label(ds.samples()[0]).max() == 1
+    (own / "classes.yaml").write_text("names: [background, cat\n")
+    with pytest.raises(FssegError, match="not valid YAML"):
+        open_dataset("folder", own)
+
+
+def test_unknown_dataset_and_class():
+    with pytest.raises(FssegError, match="unknown dataset"):
+        open_dataset("voc", ".")
+    ds = open_dataset("camvid", shared_data("camvid"))
+    assert ds.class_id("car") == 8
+    with pytest.raises(FssegError, match="unknown camvid class 'dog'"):
+        ds.class_id("dog")
+
+
+def test_real_camvid_cityscapes_voc_fss1000(tmp_path):
+    camvid = open_dataset("camvid", shared_data("camvid"))
+    assert (
+        len(camvid.samples()) == 367
+        and len(open_dataset("camvid", shared_data("camvid"), "val").samples()) == 101
+    )
+    assert camvid.load_label(camvid.samples()[0]).shape == (360, 480)
+    city = open_dataset("cityscapes", shared_data("cityscapes-mini"))
+    sample = city.samples()[0]
+    official = read_label(str(sample.label).replace("labelIds", "labelTrainIds"))
+    assert (city.load_label(sample) == official).mean() > 0.99  # the mini frame was downsampled per file
+    voc = open_dataset("pascal", shared_data("voc-mini"))
+    scan = voc.scan()
+    assert set(scan["2011_000003"]) == {0, 5, 15} and set(scan["2011_000025"]) == {0, 6, 7}
+    eiffel = shared_data("fss1000-eiffel") / "support"
+    cls = tmp_path / "fss" / "eiffel_tower"
+    cls.mkdir(parents=True)
+    for i, image in enumerate(sorted((eiffel / "image").glob("*.jpg")), 1):
+        os.symlink(image, cls / f"{i}.jpg")
+        os.symlink(eiffel / "label" / f"{image.stem}.png", cls / f"{i}.png")
+    fss = open_dataset("fss1000", tmp_path / "fss")
+    labels = [fss.load_label(s) for s in fss.samples()]
+    assert len(labels) == 5 and all(0.01 < (lab == 1).mean() < 0.9 for lab in labels)
+
+
+def test_data_check_cli(tmp_path):
+    proc = run_fsseg(
+        "data",
+        "check",
+        "camvid",
+        "--root",
+        shared_data("camvid"),
+        "--split",
+        "val",
+        env={"FSSEG_CACHE": str(tmp_path)},
+    )
+    assert proc.returncode == 0 and "101 samples" in proc.stdout and "no problems found" in proc.stdout
+    proc = run_fsseg("data", "check", "cityscapes", "--root", shared_data("cityscapes-mini"))
+    assert proc.returncode == 0 and "no problems found" in proc.stdout
+    bad = tmp_path / "bad"
+    _pascal_tree(bad)
+    (bad / "JPEGImages" / "2008_000001.jpg").write_bytes(b"broken")
+    _lbl(bad / "SegmentationClassAug" / "2008_000002.png", np.full((30, 60), 33))
+    (bad / "JPEGImages" / "2008_000000.jpg").unlink()
+    proc = run_fsseg("data", "check", "pascal", "--root", bad)
+    assert proc.returncode != 0
+    assert "1 missing files" in proc.stdout and "1 unreadable files" in proc.stdout
+    assert "size mismatches" in proc.stdout and "error: 3 problem(s)" in proc.stderr
