@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fsseg-installed
 
-.PHONY: install test test-real lint bench clean
+.PHONY: install test test-real lint bench demo clean
 
 install: $(STAMP)
 
@@ -30,6 +30,14 @@ lint: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# The README's first command: real photos (shipped by scikit-image) -> CAMs and overlays, offline.
+DEMO ?= runs/demo
+demo: install
+	$(PY) examples/demo_photos.py $(DEMO)/photos
+	$(VENV)/bin/fsseg clip-cam --images $(DEMO)/photos/cat --label cat --out $(DEMO)/cams-cat
+	$(VENV)/bin/fsseg clip-cam --images $(DEMO)/photos/motorcycle --label motorcycle --out $(DEMO)/cams-motorcycle
+	@echo "demo done: look at $(DEMO)/cams-cat/overlays/ and $(DEMO)/cams-motorcycle/overlays/"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

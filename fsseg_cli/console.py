@@ -51,12 +51,18 @@ def handles_errors(command: Callable) -> Callable:
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """fsseg's own messages at INFO (WARNING with --quiet, DEBUG with --verbose); other libraries'
+    chatter (download retries, "random weights" notes) only with --verbose."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
-    logging.getLogger("stages").setLevel(level)
-    for noisy in ("PIL", "matplotlib", "urllib3", "timm", "root"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.CRITICAL,
+        format="%(message)s",
+        handlers=[handler],
+        force=True,
+    )
+    for name in ("stages", "fsseg_cli"):
+        logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager

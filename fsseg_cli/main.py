@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fsseg_cli import data, evaluate, info
+from fsseg_cli import clip_cam, data, evaluate, info
 
 app = typer.Typer(
     name="fsseg",
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+app.command("clip-cam", help=clip_cam.HELP)(clip_cam.clip_cam)
 app.command("info", help="Versions, devices, and which pretrained weights are in the local caches.")(
     info.info
 )

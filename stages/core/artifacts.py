@@ -7,8 +7,8 @@ atomically; a folder without one is an unfinished run.
 Rerun rules, decided by `open_artifact`:
 - complete, same parameters and inputs: up to date, nothing to do;
 - complete, anything different: refused unless `overwrite`;
-- unfinished (`.fsseg-run.json` but no manifest), same parameters: resumed, the stage redoes
-  only the items that are missing;
+- unfinished (`.fsseg-run.json`, the run's parameters, written first; but no manifest), same
+  parameters: resumed, the stage redoes only the items that are missing;
 - unfinished with other parameters: refused unless `overwrite`;
 - any other non-empty folder: refused (fsseg never replaces a folder it did not write).
 With `overwrite`, the old folder is moved aside and only deleted once the new run finishes;
@@ -46,6 +46,7 @@ RUN_STATE_NAME = ".fsseg-run.json"
 # kind -> the command that produces it; a stage adds its kind here when it lands.
 PRODUCERS: dict[str, str] = {
     "metrics": "fsseg evaluate",
+    "cams": "fsseg clip-cam",
 }
 
 
@@ -230,7 +231,6 @@ class Artifact:
             if extra:
                 manifest.update(extra)
             atomic_write_json(self.path / MANIFEST_NAME, manifest)
-            (self.path / RUN_STATE_NAME).unlink(missing_ok=True)
             if self.backup is not None:
                 shutil.rmtree(self.backup, ignore_errors=True)
                 self.backup = None

