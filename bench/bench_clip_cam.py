@@ -3,7 +3,7 @@
 (a) pytorch-grad-cam the way the IMR authors' script runs it: a new GradCAM object per image,
     batch 1, CLIP parameters requiring gradients (as loaded);
 (b) pytorch-grad-cam batched (16 images per call, one GradCAM object);
-(c) fsseg (`stages.clip_cam._batch_cams`, 16 per batch: input resize, one forward/backward
+(c) fsseg (`stages.models.cam.LabelCams`, what clip-cam runs, 16 per batch: input resize, one forward/backward
     recorded from layer4 on, CAM, upsampling to the original 480x360);
 floor: the bare model work any Grad-CAM needs on the same batches: the image encoder forward
     and the backward from the score to layer4's output, nothing else.
@@ -109,27 +109,27 @@ def run_variant(name: str) -> dict:
             scores = scorer.score(visual.attnpool(feats))[:, target]
             torch.autograd.grad(scores.sum(), feats)
     elif name == "bf16":
-        from stages.clip_cam import CamItem, _batch_cams
         from stages.models.imagenet_labels import imagenet_classes
 
         # random-weight RN50 Grad-CAM maps are all zero (ReLU of negative sums), so agreement is
         # measured where maps have content: RN50 random with LayerCAM, and Lite0's real weights
         setups = {
-            "RN50 random, layercam": (scorer, "layercam", {t: j for j, t in enumerate(LABELS)}),
-            "Lite0 ImageNet, gradcam": (
-                cams.imagenet_scorer([imagenet_classes("car")]),
-                "gradcam",
-                {"car": 0},
-            ),
+            "RN50 random, layercam": (scorer, "layercam", LABELS),
+            "Lite0 ImageNet, gradcam": (cams.imagenet_scorer([imagenet_classes("car")]), "gradcam", ["car"]),
         }
         out = {}
-        for label, (sc, method, index) in setups.items():
+        for label, (sc, method, labels) in setups.items():
+            fp32 = cams.LabelCams(sc, labels, method, SIZE, torch.device("cpu"), "fp32")
+            bf16 = cams.LabelCams(sc, labels, method, SIZE, torch.device("cpu"), "bf16")
             corr = []
             for i in range(0, len(images), BATCH):
-                good = [(CamItem(str(k), Path("x"), "car"), im) for k, im in enumerate(images[i : i + BATCH])]
-                fp32 = _batch_cams(sc, good, index, method, SIZE, torch.device("cpu"), "fp32")
-                bf16 = _batch_cams(sc, good, index, method, SIZE, torch.device("cpu"), "bf16")
-                corr += [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(fp32, bf16, strict=True)]
+                chunk = images[i : i + BATCH]
+                corr += [
+                    np.corrcoef(a.ravel(), b.ravel())[0, 1]
+                    for a, b in zip(
+                        fp32(chunk, ["car"] * len(chunk)), bf16(chunk, ["car"] * len(chunk)), strict=True
+                    )
+                ]
             out[label] = {"mean": float(np.mean(corr)), "min": float(np.min(corr)), "n": len(corr)}
         return out
     seconds = time.perf_counter() - start

@@ -36,7 +36,6 @@ from stages.models import cam as cams
 log = logging.getLogger(__name__)
 
 CLASS_LISTS = {"voc": VOC_CLASSES[1:], "coco": COCO_CLASSES, "camvid": CAMVID_CLASSES}
-BACKENDS = ("auto", "clip", "imagenet")
 SCORES = ("auto", "cosine", "softmax")
 
 
@@ -79,22 +78,6 @@ def _items_from_dataset(name: str, root: str, split: str | None) -> tuple[list[C
         if c != ds.background and c != ds.ignore_index and c < ds.num_classes
     ]
     return items, [n for c, n in enumerate(ds.class_names) if c != ds.background]
-
-
-def _resolve_backend(backend: str, model: str, pretrained: str) -> str:
-    if backend not in BACKENDS:
-        raise FssegError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    if cams.clip_weights_present(model, pretrained):
-        return "clip"
-    log.warning(
-        "CLIP weights %s/%s are not in the local caches: using the offline imagenet backend "
-        "(EfficientNet-Lite0); pass --backend clip once the weights are there",
-        model,
-        pretrained,
-    )
-    return "imagenet"
 
 
 def run_clip_cam(
@@ -156,7 +139,7 @@ def run_clip_cam(
         items, dataset_names = _items_from_dataset(dataset, root, split)
         names = class_list(classes) or dataset_names
     labels = list(dict.fromkeys([*(names or []), *(i.label for i in items)]))
-    chosen = _resolve_backend(backend, model, pretrained)
+    chosen = cams.resolve_backend(backend, model, pretrained)
     score_used = ("softmax" if names else "cosine") if score == "auto" else score
     if chosen == "imagenet":
         from stages.models.imagenet_labels import imagenet_classes
@@ -202,19 +185,18 @@ def run_clip_cam(
     ) as art:
         if art.up_to_date:
             return art.path
-        if chosen == "clip":
-            clip_model, tokenizer = cams.load_clip(model, pretrained, dev)
-            text = cams.text_embeddings(clip_model, tokenizer, labels, params["templates"], dev)
-            scorer = cams.clip_scorer(clip_model, text, score=score_used)
-            if scorer.native_size and input_size != scorer.native_size:
-                raise FssegError(
-                    f"--input-size {input_size}: ViT CLIPs run at their native {scorer.native_size}"
-                )
-            if scorer.dense is not None:
-                cams.resize_attnpool(clip_model.visual, input_size)
-        else:
-            scorer = cams.imagenet_scorer([label_classes[t] for t in labels]).to(dev)
-        label_index = {t: i for i, t in enumerate(labels)}
+        compute = cams.LabelCams.build(
+            chosen,
+            labels,
+            model=model,
+            pretrained=pretrained,
+            score=score_used,
+            templates=params["templates"],
+            method=method,
+            input_size=input_size,
+            device=dev,
+            precision=precision,
+        )
 
         todo = [i for i in items if not all(art.has(p) for p in _outputs(i))]
         failed: list[dict[str, str]] = []
@@ -241,7 +223,7 @@ def run_clip_cam(
                     log.warning("skipped %s", err)
                     failed.append({"id": item.id, "image": str(item.image), "error": err})
             if good:
-                maps = _batch_cams(scorer, good, label_index, method, input_size, dev, precision)
+                maps = compute([img for _, img in good], [item.label for item, _ in good])
                 list(
                     pool.map(
                         lambda job: _write(art, *job[0], job[1], threshold, cam_size),
@@ -269,36 +251,6 @@ def run_clip_cam(
 
 def _outputs(item: CamItem) -> tuple[str, str, str]:
     return f"cams/{item.id}.npy", f"masks/{item.id}.png", f"overlays/{item.id}.jpg"
-
-
-def _batch_cams(scorer, good, label_index, method, input_size, dev, precision) -> list[np.ndarray]:
-    """CAMs at the original size of each image of the batch."""
-    batch = torch.stack(
-        [
-            F.interpolate(
-                torch.from_numpy(img).permute(2, 0, 1)[None].float(),
-                size=(input_size, input_size),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )[0]
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)
-            for _, img in good
-        ]
-    ).to(dev)
-    weights = torch.zeros(len(good), len(label_index), device=dev)
-    for row, (item, _) in enumerate(good):
-        weights[row, label_index[item.label]] = 1.0
-    maps = cams.class_activation_maps(
-        scorer, batch, weights, method=method, autocast=lambda: devices.autocast(dev, precision)
-    ).cpu()
-    out = []
-    for (_, img), cam in zip(good, maps, strict=True):
-        full = F.interpolate(cam[None, None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-        out.append(full.clamp(0, 1).numpy())
-    return out
 
 
 def _write(

@@ -73,3 +73,146 @@ def efficientnet_lite0(*, weights: str | os.PathLike | None = "imagenet") -> nn.
         state = lite0_keys_to_timm(state)
     model.load_state_dict(state)
     return model
+
+
+# ----------------------------------------------------------------------------- pyramids
+class FeaturePyramid(nn.Module):
+    """A frozen backbone that returns the output of every block, grouped in three levels.
+
+    `forward(x)` -> [fine, middle, coarse]: lists of (B, C, h, w) maps at strides 8, 16, 32
+    (HSNet's "layer2", "layer3", "layer4" groups). `channels` lists the channels per level.
+    The network's own submodules are adopted under their library names (`layer1`, `features`,
+    `blocks`, ...), so a model holding the pyramid as `backbone` has torchvision's state-dict
+    keys (`backbone.layer1...`), as the reference checkpoints do.
+    """
+
+    def __init__(self, *, backbone: nn.Module, kind: str):
+        super().__init__()
+        for name, child in backbone.named_children():
+            self.add_module(name, child)
+        self.kind = kind
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, 3, 64, 64))
+        self.channels = [[m.shape[1] for m in level] for level in probe]
+
+    def _resnet(self, x):
+        b = self
+        x = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x)))))
+        levels = []
+        for layer in (b.layer2, b.layer3, b.layer4):
+            maps = []
+            for block in layer:
+                x = block(x)
+                maps.append(x)
+            levels.append(maps)
+        return levels
+
+    def _vgg(self, x):
+        wanted = {17: 0, 19: 0, 21: 0, 24: 1, 26: 1, 28: 1, 30: 2}  # HSNet's VGG16 feature ids
+        levels: list[list[torch.Tensor]] = [[], [], []]
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in wanted:
+                levels[wanted[index]].append(x)
+        return levels
+
+    def _lite0(self, x):
+        b = self
+        x = b.bn1(b.conv_stem(x))
+        stage_level = {2: 0, 3: 1, 4: 1, 5: 2, 6: 2}  # stride 8: stage 2; 16: stages 3-4; 32: stages 5-6
+        levels: list[list[torch.Tensor]] = [[], [], []]
+        for stage, blocks in enumerate(b.blocks):
+            for block in blocks:
+                x = block(x)
+                if stage in stage_level:
+                    levels[stage_level[stage]].append(x)
+        return levels
+
+    def _tiny(self, x):
+        x = self.stem(x)
+        levels = []
+        for stage in self.stages:
+            maps = []
+            for block in stage:
+                x = block(x)
+                maps.append(x)
+            levels.append(maps)
+        return levels
+
+    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        return getattr(self, f"_{self.kind}")(x)
+
+
+class _TinyNet(nn.Module):
+    """A few random conv layers with strides 8/16/32, for tests."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+
+        def conv(cin, cout, stride):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU())
+
+        self.stem = nn.Sequential(conv(3, width, 2), conv(width, width, 2))
+        self.stages = nn.ModuleList(
+            [
+                nn.ModuleList([conv(width, 2 * width, 2), conv(2 * width, 2 * width, 1)]),
+                nn.ModuleList([conv(2 * width, 4 * width, 2), conv(4 * width, 4 * width, 1)]),
+                nn.ModuleList([conv(4 * width, 4 * width, 2)]),
+            ]
+        )
+
+
+TORCHVISION = {"resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights", "vgg16": "VGG16_Weights"}
+BACKBONES = ("resnet50", "resnet101", "vgg16", "efficientnet_lite0", "tiny")
+NORMALISATION = {name: (IMAGENET_MEAN, IMAGENET_STD) for name in BACKBONES} | {
+    "efficientnet_lite0": (LITE0_MEAN, LITE0_STD)
+}
+
+
+def _torchvision_weights(name: str, weights: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """ImageNet weights of a torchvision model: a file, or torch hub's cache (downloading if allowed)."""
+    import torchvision.models as tvm
+
+    from stages.core.weights import torch_hub_checkpoints
+
+    if weights != "imagenet":
+        path = Path(weights)
+    else:
+        enum = getattr(tvm, TORCHVISION[name]).IMAGENET1K_V1
+        path = torch_hub_checkpoints() / Path(enum.url).name
+        if not path.is_file():
+            try:
+                return enum.get_state_dict(progress=False)
+            except Exception as err:  # no network, or a broken download
+                raise FssegError(
+                    f"torchvision {name} ImageNet weights are not in {path.parent} and could not be downloaded "
+                    f"({str(err).splitlines()[0][:100]}); put the file there, pass --backbone-weights FILE, or "
+                    f"--backbone-weights random"
+                ) from None
+    if not path.is_file():
+        raise FssegError(f"backbone weights file not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def feature_pyramid(name: str, *, weights: str | os.PathLike | None = "imagenet") -> FeaturePyramid:
+    """A frozen, eval-mode pyramid backbone. weights: "imagenet", a file, or None / "random"."""
+    if name not in BACKBONES:
+        raise FssegError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if weights == "random":
+        weights = None
+    if name == "efficientnet_lite0":
+        net, kind = efficientnet_lite0(weights=weights), "lite0"
+    elif name == "tiny":
+        net, kind = _TinyNet(), "tiny"
+    else:
+        import torchvision.models as tvm
+
+        net = getattr(tvm, name)(weights=None)
+        if weights is not None:
+            net.load_state_dict(_torchvision_weights(name, weights))
+        kind = "vgg" if name == "vgg16" else "resnet"
+    pyramid = FeaturePyramid(backbone=net, kind=kind)
+    pyramid.eval()
+    for p in pyramid.parameters():
+        p.requires_grad_(False)
+    return pyramid

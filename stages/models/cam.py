@@ -30,6 +30,7 @@ from stages.core.errors import FssegError
 log = logging.getLogger(__name__)
 
 METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "dense")
+BACKENDS = ("auto", "clip", "imagenet")
 TEMPLATES = ["a photo of a {}."]
 ENSEMBLE_TEMPLATES = [
     "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a bright photo of a {}.",
@@ -290,3 +291,105 @@ def resize_attnpool(visual, input_size: int) -> None:
     pool.positional_embedding = nn.Parameter(
         torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(new * new, -1)]), requires_grad=False
     )
+
+
+# ----------------------------------------------------------------------------- label -> CAM
+def resolve_backend(backend: str, model: str, pretrained: str) -> str:
+    """`auto` -> clip when its weights are in the local caches, else imagenet (with a notice)."""
+    if backend not in BACKENDS:
+        raise FssegError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if clip_weights_present(model, pretrained):
+        return "clip"
+    log.warning(
+        "CLIP weights %s/%s are not in the local caches: using the offline imagenet backend "
+        "(EfficientNet-Lite0); pass --backend clip once the weights are there",
+        model,
+        pretrained,
+    )
+    return "imagenet"
+
+
+@dataclass
+class LabelCams:
+    """CAMs for (image, label) pairs at each image's original size: what `fsseg clip-cam` computes.
+
+    Build once per run (text embeddings and model load happen there), then call on batches.
+    """
+
+    scorer: CamScorer
+    labels: list[str]
+    method: str
+    input_size: int
+    device: torch.device
+    precision: str = "fp32"
+
+    @classmethod
+    def build(
+        cls,
+        backend: str,
+        labels: Sequence[str],
+        *,
+        model: str = "RN50",
+        pretrained: str = "openai",
+        score: str = "cosine",
+        templates: Sequence[str] | None = None,
+        method: str = "gradcam",
+        input_size: int = 224,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+    ) -> LabelCams:
+        device = torch.device(device)
+        labels = list(labels)
+        if backend == "clip":
+            clip_model, tokenizer = load_clip(model, pretrained, device)
+            text = text_embeddings(clip_model, tokenizer, labels, templates or TEMPLATES, device)
+            scorer = clip_scorer(clip_model, text, score=score)
+            if scorer.native_size and input_size != scorer.native_size:
+                raise FssegError(
+                    f"--input-size {input_size}: ViT CLIPs run at their native {scorer.native_size}"
+                )
+            if scorer.dense is not None:
+                resize_attnpool(clip_model.visual, input_size)
+        else:
+            from stages.models.imagenet_labels import imagenet_classes
+
+            scorer = imagenet_scorer([imagenet_classes(t) for t in labels]).to(device)
+        return cls(scorer, labels, method, input_size, device, precision)
+
+    def __call__(self, images: Sequence, labels: Sequence[str]) -> list:
+        """uint8 RGB arrays (H, W, 3) and their labels -> float32 CAMs (H, W) in [0, 1]."""
+        from stages.core import devices
+
+        batch = torch.stack(
+            [
+                F.interpolate(
+                    torch.from_numpy(img).permute(2, 0, 1)[None].float(),
+                    size=(self.input_size,) * 2,
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )[0]
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+                for img in images
+            ]
+        ).to(self.device)
+        weights = torch.zeros(len(images), len(self.labels), device=self.device)
+        for row, label in enumerate(labels):
+            weights[row, self.labels.index(label)] = 1.0
+        maps = class_activation_maps(
+            self.scorer,
+            batch,
+            weights,
+            method=self.method,
+            autocast=lambda: devices.autocast(self.device, self.precision),
+        ).cpu()
+        return [
+            F.interpolate(cam[None, None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+            .clamp(0, 1)
+            .numpy()
+            for img, cam in zip(images, maps, strict=True)
+        ]

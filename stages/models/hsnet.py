@@ -1,0 +1,396 @@
+"""HSNet (hypercorrelation squeeze) and IMR-HSNet (iterative mutual refinement).
+
+Shapes below for a 400x400 input and ResNet50: pyramid levels at 50, 25, 13 pixels.
+
+- `correlation`: cosine similarity of every query and support position per layer pair,
+  ReLU, stacked per level -> (B, n_layers, hq, wq, hs, ws).
+- `CenterPivotConv4d`: a 4D conv approximated by its two center-pivot slices: a 2D conv over
+  the query dims (at the support positions the stride keeps) plus a strided 2D conv over the
+  support dims.
+- `HypercorrSqueeze` (HSNet's "hpn_learner"): three encoder stacks (16, 64, 128 channels,
+  GroupNorm(4), ReLU; support strides 2-2-2, 4-2-2, 4-4-2 so every level ends at 2x2
+  support dims), top-down mixing coarse -> middle -> fine over the query dims, mean over the
+  support dims -> (B, 128, 50, 50); HSNet's decoder 128->128->64, x2, 64->64->2.
+- `IMRHSNet`: the GRU-style refinement of paper Eq. 4 (1x1 conv then two 3x3 group convs of 8
+  groups each: 16 groups in all), learned initial state, head of Eq. 5-6, symmetric support and
+  query branches with shared weights.
+Parameter names follow the authors' models, so their released state dicts load directly
+(`load_reference_state_dict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.models.backbones import feature_pyramid
+
+Levels = list[list[torch.Tensor]]  # [fine, middle, coarse] lists of (B, C, h, w)
+
+
+# ----------------------------------------------------------------------------- correlation
+def mask_levels(levels: Levels, mask: torch.Tensor) -> Levels:
+    """Multiply every map by `mask` (B, 1, h, w) resized to the map (bilinear, align_corners)."""
+    out = []
+    for level in levels:
+        size = level[0].shape[-2:]
+        m = F.interpolate(mask, size=size, mode="bilinear", align_corners=True)
+        out.append([f * m for f in level])
+    return out
+
+
+def correlation(query: Sequence[torch.Tensor], support: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, n, hq, wq, hs, ws): ReLU of cosine similarity, one channel per layer pair."""
+    rows = []
+    for q, s in zip(query, support, strict=True):
+        b, c, hq, wq = q.shape
+        hs, ws = s.shape[-2:]
+        q = q / (q.norm(dim=1, keepdim=True) + 1e-5)
+        s = s / (s.norm(dim=1, keepdim=True) + 1e-5)
+        corr = torch.bmm(q.flatten(2).transpose(1, 2), s.flatten(2)).view(b, hq, wq, hs, ws)
+        rows.append(corr.clamp(min=0))
+    return torch.stack(rows, dim=1)
+
+
+class PairCorrelation:
+    """Correlations of one query/support pair for any masks, from one set of dot products.
+
+    Masking support features by m (>= 0) and normalising them afterwards, as `correlation`
+    does, is the same as scaling the unmasked dot products: for query position i and support
+    position j, relu(q_i . s_j m_j) / ((|q_i| + eps) (m_j |s_j| + eps)). So the dot products
+    (the matrix products) are computed once per pair and every refinement step only rescales
+    them; results equal `correlation(query, mask_levels(support, m))` up to float rounding.
+    """
+
+    def __init__(self, query: Levels, support: Levels):
+        self.dots, self.q_norms, self.s_norms = [], [], []
+        for q_level, s_level in zip(query, support, strict=True):
+            rows, qn, sn = [], [], []
+            for q, s in zip(q_level, s_level, strict=True):
+                b, _, hq, wq = q.shape
+                hs, ws = s.shape[-2:]
+                rows.append(
+                    torch.bmm(q.flatten(2).transpose(1, 2), s.flatten(2)).clamp(min=0).view(b, hq, wq, hs, ws)
+                )
+                qn.append(q.norm(dim=1))
+                sn.append(s.norm(dim=1))
+            self.dots.append(torch.stack(rows, 1))
+            self.q_norms.append(torch.stack(qn, 1))
+            self.s_norms.append(torch.stack(sn, 1))
+        self._transposed: list[torch.Tensor] | None = None
+
+    @staticmethod
+    def _scale(dots, own_norm, other_norm, mask):
+        m = F.interpolate(mask.float(), size=other_norm.shape[-2:], mode="bilinear", align_corners=True)
+        own = (1.0 / (own_norm.float() + 1e-5)).to(dots.dtype)
+        other = (m / (m * other_norm.float() + 1e-5)).to(dots.dtype)
+        return dots * own[:, :, :, :, None, None] * other[:, :, None, None, :, :]
+
+    def query_side(self, support_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Correlation pyramid (fine, middle, coarse) of the query against the masked support."""
+        return [
+            self._scale(d, qn, sn, support_mask)
+            for d, qn, sn in zip(self.dots, self.q_norms, self.s_norms, strict=True)
+        ]
+
+    def support_side(self, query_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Correlation pyramid of the support against the masked query."""
+        if self._transposed is None:
+            self._transposed = [d.permute(0, 1, 4, 5, 2, 3).contiguous() for d in self.dots]
+        return [
+            self._scale(d, sn, qn, query_mask)
+            for d, qn, sn in zip(self._transposed, self.q_norms, self.s_norms, strict=True)
+        ]
+
+
+def resize_query_dims(corr: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinearly resize the query dims of (B, C, hq, wq, hs, ws) to `size`."""
+    b, c, hq, wq, hs, ws = corr.shape
+    x = corr.permute(0, 4, 5, 1, 2, 3).reshape(b * hs * ws, c, hq, wq)
+    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+    return x.view(b, hs, ws, c, *size).permute(0, 3, 4, 5, 1, 2)
+
+
+class CenterPivotConv4d(nn.Module):
+    """(B, C, hq, wq, hs, ws) -> (B, O, hq, wq, hs', ws'), hs' = ceil(hs / stride)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)  # query dims
+        self.conv2 = nn.Conv2d(
+            in_channels, out_channels, kernel, stride=stride, padding=kernel // 2
+        )  # support
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hq, wq, hs, ws = x.shape
+        kept = x[..., :: self.stride, :: self.stride] if self.stride > 1 else x
+        hk, wk = kept.shape[-2:]
+        q = self.conv1(kept.permute(0, 4, 5, 1, 2, 3).reshape(b * hk * wk, c, hq, wq))
+        q = q.view(b, hk, wk, -1, hq, wq).permute(0, 3, 4, 5, 1, 2)
+        s = self.conv2(x.permute(0, 2, 3, 1, 4, 5).reshape(b * hq * wq, c, hs, ws))
+        s = s.view(b, hq, wq, -1, hk, wk).permute(0, 3, 1, 2, 4, 5)
+        return q + s
+
+
+def _block(
+    in_channels: int, channels: Sequence[int], kernels: Sequence[int], strides: Sequence[int]
+) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for out, kernel, stride in zip(channels, kernels, strides, strict=True):
+        layers += [
+            CenterPivotConv4d(in_channels, out, kernel=kernel, stride=stride),
+            nn.GroupNorm(4, out),
+            nn.ReLU(),
+        ]
+        in_channels = out
+    return nn.Sequential(*layers)
+
+
+def _decoders(width: int) -> tuple[nn.Sequential, nn.Sequential]:
+    half = max(width // 2, 2)
+    return (
+        nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, half, 3, padding=1), nn.ReLU()
+        ),
+        nn.Sequential(nn.Conv2d(half, half, 3, padding=1), nn.ReLU(), nn.Conv2d(half, 2, 3, padding=1)),
+    )
+
+
+def decode(decoder1: nn.Module, decoder2: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """HSNet's 2D decoder: (B, C, h, w) -> 2-class logits (B, 2, 2h, 2w)."""
+    x = decoder1(x)
+    x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+    return decoder2(x)
+
+
+class HypercorrSqueeze(nn.Module):
+    """HSNet's learner. `layer_counts` = layers per level (coarse, middle, fine), e.g. (3, 6, 4)."""
+
+    def __init__(
+        self, layer_counts: Sequence[int], *, channels: Sequence[int] = (16, 64, 128), decoder: bool = True
+    ):
+        super().__init__()
+        c = channels[-1]
+        self.encoder_layer4 = _block(layer_counts[0], channels, (3, 3, 3), (2, 2, 2))
+        self.encoder_layer3 = _block(layer_counts[1], channels, (5, 3, 3), (4, 2, 2))
+        self.encoder_layer2 = _block(layer_counts[2], channels, (5, 5, 3), (4, 4, 2))
+        self.encoder_layer4to3 = _block(c, (c, c, c), (3, 3, 3), (1, 1, 1))
+        self.encoder_layer3to2 = _block(c, (c, c, c), (3, 3, 3), (1, 1, 1))
+        if decoder:
+            self.decoder1, self.decoder2 = _decoders(c)
+
+    def squeeze(
+        self, corr_coarse: torch.Tensor, corr_middle: torch.Tensor, corr_fine: torch.Tensor
+    ) -> torch.Tensor:
+        """Three correlation pyramids -> (B, C, hq, wq) at the fine query resolution."""
+        sq4 = self.encoder_layer4(corr_coarse)
+        sq3 = self.encoder_layer3(corr_middle)
+        sq2 = self.encoder_layer2(corr_fine)
+        mix = self.encoder_layer4to3(resize_query_dims(sq4, sq3.shape[2:4]) + _match_support(sq3, sq4))
+        mix = self.encoder_layer3to2(resize_query_dims(mix, sq2.shape[2:4]) + _match_support(sq2, mix))
+        return mix.flatten(4).mean(-1)
+
+    def forward(self, query: Levels, support: Levels) -> torch.Tensor:
+        return self.squeeze_pyramid([correlation(q, s) for q, s in zip(query, support, strict=True)])
+
+    def squeeze_pyramid(self, corr: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(fine, middle, coarse) correlations -> (B, C, hq, wq)."""
+        return self.squeeze(corr[2], corr[1], corr[0])
+
+
+def _match_support(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Support dims of `target` resized to those of `like` (equal for square inputs; needed otherwise)."""
+    if target.shape[-2:] == like.shape[-2:]:
+        return target
+    b, c, hq, wq, hs, ws = target.shape
+    x = F.interpolate(
+        target.reshape(b, c * hq * wq, hs, ws), size=like.shape[-2:], mode="bilinear", align_corners=True
+    )
+    return x.view(b, c, hq, wq, *like.shape[-2:])
+
+
+class HSNet(nn.Module):
+    """HSNet: frozen pyramid backbone + hypercorrelation squeeze + decoder."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        backbone_weights: str | None = "imagenet",
+        channels: Sequence[int] = (16, 64, 128),
+    ):
+        super().__init__()
+        self.backbone = feature_pyramid(backbone, weights=backbone_weights)
+        counts = [len(level) for level in self.backbone.channels]
+        self.hpn_learner = HypercorrSqueeze((counts[2], counts[1], counts[0]), channels=channels)
+
+    def predict(self, query: Levels, support: Levels, support_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 2, 2h, 2w) from backbone levels and a support mask (B, 1, H, W) in [0, 1]."""
+        squeezed = self.hpn_learner(query, mask_levels(support, support_mask))
+        return decode(self.hpn_learner.decoder1, self.hpn_learner.decoder2, squeezed)
+
+
+class IMRHSNet(nn.Module):
+    """IMR-HSNet. `hidden` must equal the last squeeze width (the head adds state and correlation)."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        backbone_weights: str | None = "imagenet",
+        channels: Sequence[int] = (16, 64, 128),
+        mid: int = 512,
+        gate: int = 512,
+        state_size: int = 50,
+    ):
+        super().__init__()
+        self.backbone = feature_pyramid(backbone, weights=backbone_weights)
+        counts = [len(level) for level in self.backbone.channels]
+        self.hpn_learner = HypercorrSqueeze(
+            (counts[2], counts[1], counts[0]), channels=channels, decoder=False
+        )
+        hidden = channels[-1]
+        middle = set(self.backbone.channels[1])
+        mid_in = self.backbone.channels[1][-1]
+        self.mid_level = [i for i, c in enumerate(self.backbone.channels[1]) if c == mid_in]  # maps summed
+        if mid_in != mid or len(middle) > 1:
+            self.mid_proj = nn.Conv2d(mid_in, mid, 1)  # the authors' "conv1024_512"
+        x_channels = 1 + hidden + mid + hidden
+        for gate_name in ("z", "r", "h"):
+            setattr(self, f"conv{gate_name}0", nn.Conv2d(x_channels, gate, 1))
+            for half in (1, 2):
+                setattr(
+                    self, f"conv{gate_name}{half}", nn.Conv2d(gate // 2, hidden // 2, 3, padding=1, groups=8)
+                )
+        self.state = nn.Parameter(torch.zeros(1, hidden, state_size, state_size))
+        self.decoder1, self.decoder2 = _decoders(hidden)
+        self.res = nn.Sequential(nn.Conv2d(3, 10, 1), nn.GELU(), nn.Conv2d(10, 2, 1))
+
+    def _gate(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        a = getattr(self, f"conv{name}0")(x)
+        first, second = a.chunk(2, dim=1)
+        return torch.cat([getattr(self, f"conv{name}1")(first), getattr(self, f"conv{name}2")(second)], dim=1)
+
+    def mid_features(self, levels: Levels) -> torch.Tensor:
+        """Mid-level features (B, mid, h, w) at the fine resolution: the middle level's last-width
+        maps summed (ResNet50: all of layer3), projected by a 1x1 conv where widths differ."""
+        x = torch.stack([levels[1][i] for i in self.mid_level]).sum(0)
+        x = F.interpolate(x, size=levels[0][0].shape[-2:], mode="bilinear", align_corners=True)
+        return self.mid_proj(x) if hasattr(self, "mid_proj") else x
+
+    def initial_state(self, batch: int, size: Sequence[int]) -> torch.Tensor:
+        state = (
+            self.state
+            if tuple(size) == tuple(self.state.shape[-2:])
+            else F.interpolate(self.state, size=tuple(size), mode="bilinear", align_corners=True)
+        )
+        return state.expand(batch, -1, -1, -1)
+
+    def step(
+        self, corr: Sequence[torch.Tensor], prev_mask: torch.Tensor, hidden: torch.Tensor, mid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One branch, one step from its correlation pyramid: (logits (B, 2, 2h, 2w), new state)."""
+        squeezed = self.hpn_learner.squeeze_pyramid(corr)
+        size = squeezed.shape[-2:]
+        prior = F.interpolate(prev_mask, size=size, mode="bilinear", align_corners=True)
+        x = torch.cat([prior, squeezed, mid], dim=1)
+        z = torch.sigmoid(self._gate("z", torch.cat([x, hidden], 1)))
+        r = torch.sigmoid(self._gate("r", torch.cat([x, hidden], 1)))
+        candidate = torch.tanh(self._gate("h", torch.cat([r * hidden, x], 1)))
+        hidden = (1 - z) * hidden + z * candidate
+        coarse = decode(self.decoder1, self.decoder2, squeezed + hidden)  # Eq. 5
+        prior = F.interpolate(prev_mask, size=coarse.shape[-2:], mode="bilinear", align_corners=True)
+        return self.res(torch.cat([coarse, prior], 1)), hidden  # Eq. 6 (softmax applied by the caller)
+
+    def refine(
+        self,
+        query: Levels,
+        support: Levels,
+        query_mask: torch.Tensor,
+        support_mask: torch.Tensor,
+        *,
+        steps: int = 2,
+        update_support: bool = True,
+        zero_shot: bool = False,
+        reuse_correlation: bool = True,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Iterative mutual refinement. Masks (B, 1, H, W) are foreground probabilities.
+
+        Both branches read the other branch's mask from the previous step (a simultaneous,
+        symmetric update; masks never accumulate). `update_support=False` keeps the support
+        mask fixed (pixel-labelled supports); `zero_shot` makes the query its own support.
+        `reuse_correlation` computes the dot products once (`PairCorrelation`) instead of per
+        step; the results are the same. Returns per-step logits (B, 2, 2h, 2w) of both branches.
+        """
+        if zero_shot:
+            support, support_mask = query, query_mask
+        size = query[0][0].shape[-2:]
+        batch = query_mask.shape[0]
+        mid_q = self.mid_features(query)
+        mid_s = mid_q if zero_shot else self.mid_features(support)
+        h_q = h_s = self.initial_state(batch, size)
+        pair = PairCorrelation(query, support) if reuse_correlation else None
+        q_out: list[torch.Tensor] = []
+        s_out: list[torch.Tensor | None] = []
+        for _ in range(steps):
+            corr_q = (
+                pair.query_side(support_mask)
+                if pair
+                else [
+                    correlation(q, s) for q, s in zip(query, mask_levels(support, support_mask), strict=True)
+                ]
+            )
+            logits_q, h_q_next = self.step(corr_q, query_mask, h_q, mid_q)
+            logits_s = None
+            if zero_shot:
+                logits_s, h_s = logits_q, h_q_next
+            elif update_support:
+                corr_s = (
+                    pair.support_side(query_mask)
+                    if pair
+                    else [
+                        correlation(s, q)
+                        for s, q in zip(support, mask_levels(query, query_mask), strict=True)
+                    ]
+                )
+                logits_s, h_s = self.step(corr_s, support_mask, h_s, mid_s)
+            h_q = h_q_next
+            query_mask = logits_q.softmax(1)[:, 1:]
+            if logits_s is not None:
+                support_mask = logits_s.softmax(1)[:, 1:]
+            q_out.append(logits_q)
+            s_out.append(logits_s)
+        return q_out, s_out
+
+
+# ----------------------------------------------------------------------------- reference checkpoints
+REFERENCE_KEY_MAP = {"conv1024_512.": "mid_proj."}
+
+
+def load_reference_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load an authors' HSNet / IMR-HSNet state dict (optional 'module.' prefix) strictly."""
+    renamed = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        for old, new in REFERENCE_KEY_MAP.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        renamed[key] = value
+    model.load_state_dict(renamed, strict=True)
+
+
+def reference_architecture(state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    """("imr-hsnet" | "hsnet", backbone) of an authors' state dict, from its keys and shapes."""
+    keys = {k.removeprefix("module.") for k in state}
+    method = "imr-hsnet" if "convz0.weight" in keys else "hsnet"
+    if "backbone.features.0.weight" in keys:
+        backbone = "vgg16"
+    elif "backbone.layer3.22.conv1.weight" in keys:
+        backbone = "resnet101"
+    else:
+        backbone = "resnet50"
+    return method, backbone
