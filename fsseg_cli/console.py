@@ -69,7 +69,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 def progress(description: str, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A `on_progress(done, total)` callback that drives a Rich progress bar on stderr."""
     if quiet or not sys.stderr.isatty() and os.environ.get("FSSEG_PROGRESS") != "1":
-        yield lambda done, total: None
+        yield lambda done, total, status=None: None
         return
     bar = Progress(
         TextColumn("{task.description}"),
@@ -83,7 +83,12 @@ def progress(description: str, quiet: bool = False) -> Iterator[Callable[[int, i
     with bar:
         task = bar.add_task(description, total=None)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: int, total: int, status: str | None = None) -> None:
+            bar.update(
+                task,
+                completed=done,
+                total=total,
+                description=f"{description} {status}" if status else description,
+            )
 
         yield update

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fsseg_cli import clip_cam, data, evaluate, info
+from fsseg_cli import clip_cam, data, evaluate, info, refine
 
 app = typer.Typer(
     name="fsseg",
@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 
 app.command("clip-cam", help=clip_cam.HELP)(clip_cam.clip_cam)
+app.command("pretrain", help=refine.PRETRAIN_HELP)(refine.pretrain)
+app.command("refine", help=refine.REFINE_HELP)(refine.refine)
 app.command("info", help="Versions, devices, and which pretrained weights are in the local caches.")(
     info.info
 )

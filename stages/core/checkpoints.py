@@ -22,7 +22,7 @@ import torch
 from stages import __version__
 from stages.core.artifacts import atomic_path
 from stages.core.errors import FssegError
-from stages.models import MODELS
+from stages.models import MODELS, builder
 
 REQUIRED_KEYS = ("model_name", "model_kwargs", "state_dict")
 
@@ -134,7 +134,7 @@ def build_from_checkpoint(
         raise FssegError(
             f"{path} names model {name!r}, unknown to this fsseg; known: {', '.join(sorted(MODELS))}"
         )
-    model = MODELS[name](**data["model_kwargs"])
+    model = builder(name)(**data["model_kwargs"])
     try:
         result = model.load_state_dict(data["state_dict"], strict=False)
     except RuntimeError as err:

@@ -92,6 +92,12 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     )
 
 
+def read_binary_mask(path: str | os.PathLike) -> np.ndarray:
+    """A foreground mask (H, W) bool from any image: 0/1 or 0/255, grey, palette or RGB (channels averaged)."""
+    values = read_image(path).mean(axis=2)
+    return values > (127 if values.max() > 1 else 0)
+
+
 def write_label(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray | None = None) -> Path:
     """Write a label map losslessly: uint8 as VOC-palette PNG, larger ids as 16-bit PNG."""
     label = np.asarray(label)

@@ -14,7 +14,7 @@ import numpy as np
 
 from stages.core.datasets.base import Dataset, Sample, cache_dir, read_id_list
 from stages.core.errors import FssegError
-from stages.core.imageio import IMAGE_EXTENSIONS, read_image, read_label, write_label
+from stages.core.imageio import IMAGE_EXTENSIONS, read_binary_mask, read_label, write_label
 
 COCO_CLASSES = [
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -320,8 +320,7 @@ class Fss1000(Dataset):
         return out
 
     def load_label(self, sample: Sample) -> np.ndarray:
-        mask = read_image(sample.label).mean(axis=2)  # the published masks are often RGB, 0/1 or 0/255
-        foreground = mask > (127 if mask.max() > 1 else 0)
+        foreground = read_binary_mask(sample.label)  # the published masks are often RGB, 0/1 or 0/255
         return np.where(foreground, self.class_names.index(sample.id.split("/")[0]), 0).astype(np.uint8)
 
 

@@ -1,0 +1,233 @@
+"""`fsseg refine` and `fsseg pretrain`: IMR-HSNet and its HSNet baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from fsseg_cli.console import console, handles_errors, progress, setup_logging
+from fsseg_cli.options import Device, NumWorkers, Out, Overwrite, Precision, Quiet, Seed, Verbose
+
+DatasetName = Literal["pascal", "coco", "cityscapes", "camvid", "fss1000", "folder"]
+
+REFINE_HELP = (
+    "Few-shot masks by iterative mutual refinement of support and query masks (IMR-HSNet), or the HSNet "
+    "baselines.\n\n"
+    "[bold]Benchmark mode[/]: --episodes FILE --checkpoint C [--cams ART] writes pred/<episode>.png for "
+    "`fsseg evaluate --task fss`.\n\n"
+    "[bold]Ad-hoc mode[/]: --support DIR --query DIR --label TEXT (supports described by the label: their CAMs "
+    "come from --cams or are computed), or --support-masks DIR for pixel-labelled supports.\n\n"
+    "[bold]Writes[/] (--out): pred/ or masks/ (0/1 PNGs), steps/tN/{query,support}/, overlays/ (masks step by "
+    "step), manifest.json.\n\n"
+    "[bold]Checkpoints[/]: fsseg's (`fsseg pretrain`) or the authors' released HSNet / IMR-HSNet state dicts."
+)
+
+PRETRAIN_HELP = (
+    "Train a few-shot segmenter on the base classes of a fold.\n\n"
+    "[bold]--method imr-hsnet[/]: episodic IMR training from CAMs (--cams: a clip-cam artifact of the training "
+    "images), loss of paper Eq. 7. [bold]--method hsnet[/]: the HSNet baseline with ground-truth support masks.\n\n"
+    "[bold]Writes[/] (--out): checkpoints/last.pt (resume state), checkpoints/best.pt, log.jsonl, loss.png, "
+    "manifest.json. Rerunning into an unfinished run continues from last.pt. Runs under torchrun (DDP).\n\n"
+    "[bold]Defaults[/]: the authors' PASCAL settings: Adam lr 4e-4, batch 40, 400x400, 2 steps."
+)
+
+
+@handles_errors
+def refine(
+    out: Out,
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="fsseg checkpoint or the authors' state dict.")
+    ],
+    episodes: Annotated[
+        Path | None, typer.Option("--episodes", help="Benchmark mode: episodes JSON.")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Dataset folder, if it moved since the episodes were made.")
+    ] = None,
+    support: Annotated[
+        str | None, typer.Option("--support", help="Ad-hoc mode: support image folder/file/glob.")
+    ] = None,
+    query: Annotated[
+        str | None, typer.Option("--query", help="Ad-hoc mode: query image folder/file/glob.")
+    ] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Ad-hoc mode: the class name.")] = None,
+    support_masks: Annotated[
+        Path | None, typer.Option("--support-masks", help="Pixel masks of the supports (same stems).")
+    ] = None,
+    cams: Annotated[
+        Path | None, typer.Option("--cams", help="clip-cam artifact with the initial masks.")
+    ] = None,
+    supervision: Annotated[
+        Literal["label", "mask"],
+        typer.Option(
+            "--supervision", help="Benchmark mode: supports described by label (CAMs) or by their masks."
+        ),
+    ] = "label",
+    refiner: Annotated[
+        Literal["imr", "none", "mutual"],
+        typer.Option("--refiner", help="imr (IMR-HSNet checkpoint), none or mutual (HSNet checkpoint)."),
+    ] = "imr",
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Refinement steps (paper: 2 PASCAL, 3 COCO).")
+    ] = 2,
+    zero_shot: Annotated[
+        bool, typer.Option("--zero-shot", help="The query is its own support (paper Table 3).")
+    ] = False,
+    img_size: Annotated[int, typer.Option("--img-size", help="Network input side.")] = 400,
+    cam_backend: Annotated[
+        Literal["auto", "clip", "imagenet"],
+        typer.Option("--cam-backend", help="Backend for CAMs computed on the fly (without --cams)."),
+    ] = "auto",
+    feature_cache: Annotated[
+        int,
+        typer.Option("--feature-cache", min=0, help="Images whose backbone features stay cached (0: off)."),
+    ] = 64,
+    save_probs: Annotated[bool, typer.Option("--save-probs", help="Also write probs/<id>.npy.")] = False,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    setup_logging(quiet, verbose)
+    from stages.refine import run_refine
+
+    with progress("episodes", quiet) as on_progress:
+        path = run_refine(
+            out,
+            checkpoint=checkpoint,
+            episodes=episodes,
+            root=root,
+            support=support,
+            query=query,
+            label=label,
+            support_masks=support_masks,
+            cams=cams,
+            supervision=supervision,
+            refiner=refiner,
+            steps=steps,
+            zero_shot=zero_shot,
+            img_size=img_size,
+            cam_backend=cam_backend,
+            feature_cache=feature_cache,
+            save_probs=save_probs,
+            device=device,
+            precision=precision,
+            seed=seed,
+            overwrite=overwrite,
+            on_progress=on_progress,
+        )
+    import json
+
+    outputs = json.loads((path / "manifest.json").read_text())["outputs"]
+    console.print(
+        f"{outputs['episodes']} episodes -> {path / outputs['predictions']} (overlays: {path / 'overlays'})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@handles_errors
+def pretrain(
+    out: Out,
+    method: Annotated[Literal["imr-hsnet", "hsnet"], typer.Option("--method", help="What to train.")],
+    dataset: Annotated[DatasetName, typer.Option("--dataset", help="Dataset layout.")],
+    root: Annotated[Path, typer.Option("--root", help="Dataset folder.")],
+    fold: Annotated[int, typer.Option("--fold", help="Fold whose classes are held out (novel).")] = 0,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Training split (reader's default: train).")
+    ] = None,
+    cams: Annotated[
+        Path | None, typer.Option("--cams", help="imr-hsnet: clip-cam artifact of the training images.")
+    ] = None,
+    backbone: Annotated[
+        Literal["resnet50", "resnet101", "vgg16", "efficientnet_lite0", "tiny"],
+        typer.Option("--backbone", help="Frozen backbone (efficientnet_lite0 has offline ImageNet weights)."),
+    ] = "resnet50",
+    backbone_weights: Annotated[
+        str, typer.Option("--backbone-weights", help="imagenet (cache), a file, or random.")
+    ] = "imagenet",
+    img_size: Annotated[int, typer.Option("--img-size", help="Training resolution (square).")] = 400,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 200,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Episodes per step (all ranks together).")
+    ] = 40,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 4e-4,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="imr-hsnet: refinement steps.")] = 2,
+    lambda_t: Annotated[
+        str | None, typer.Option("--lambda-t", help="Per-step loss weights, comma-separated.")
+    ] = None,
+    w_s: Annotated[float, typer.Option("--w-s", help="Weight of the support loss.")] = 1.0,
+    episodes_per_epoch: Annotated[
+        int | None, typer.Option("--episodes-per-epoch", help="Cap per epoch.")
+    ] = None,
+    val_episodes: Annotated[
+        Path | None, typer.Option("--val-episodes", help="Fixed validation episodes.")
+    ] = None,
+    val_cams: Annotated[
+        Path | None, typer.Option("--val-cams", help="clip-cam artifact for the validation images.")
+    ] = None,
+    min_area: Annotated[
+        int, typer.Option("--min-area", help="Pixels a class needs in an image to be used.")
+    ] = 2048,
+    n_folds: Annotated[
+        int | None, typer.Option("--n-folds", help="Folds for datasets without published ones.")
+    ] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny learner widths (tests, smoke runs).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Require an unfinished run to continue.")] = False,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    num_workers: NumWorkers = 0,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    setup_logging(quiet, verbose)
+    from stages.pretrain import run_pretrain
+
+    lambdas = [float(v) for v in lambda_t.split(",")] if lambda_t else None
+    with progress("training", quiet) as on_progress:
+        path = run_pretrain(
+            out,
+            method=method,
+            dataset=dataset,
+            root=root,
+            fold=fold,
+            split=split,
+            cams=cams,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            img_size=img_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            steps=steps,
+            lambda_t=lambdas,
+            w_s=w_s,
+            episodes_per_epoch=episodes_per_epoch,
+            val_episodes=val_episodes,
+            val_cams=val_cams,
+            min_area=min_area,
+            n_folds=n_folds,
+            tiny=tiny,
+            resume=resume,
+            device=device,
+            precision=precision,
+            seed=seed,
+            overwrite=overwrite,
+            on_progress=on_progress,
+        )
+    import json
+
+    outputs = json.loads((path / "manifest.json").read_text())["outputs"]
+    best = outputs["best_val_miou"]
+    console.print(
+        f"trained on {outputs['training_pairs']} pairs; best val mIoU "
+        f"{'n/a' if best is None else f'{best:.2f}'} -> {path / outputs['best']}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,391 @@
+"""`fsseg pretrain`: train a few-shot segmenter on the base classes of a fold.
+
+Reads:  a dataset (train split), a fold, and for `imr-hsnet` a clip-cam artifact of that
+        dataset (`cams`, ids `<image>__<class>`) whose CAMs are the initial masks; optionally a
+        fixed validation episodes file (+ its CAMs).
+Writes: `checkpoints/last.pt` (full resume state) and `checkpoints/best.pt` (best validation
+        mIoU, or last without validation), `log.jsonl` (one line per epoch), `loss.png`,
+        `manifest.json` (kind "checkpoint").
+Methods:
+- `imr-hsnet`: episodic training, query and support initial masks = their CAMs, loss Eq. 7:
+  sum over steps of lambda_t (CE(query) + w_s CE(support)) against ground-truth masks.
+- `hsnet`: the plain HSNet baseline, ground-truth support masks, CE on the query.
+Both: frozen backbone, Adam, images resized to `img_size`^2 without augmentation (as the
+paper), a new random support per query each epoch (seeded), DDP under torchrun (each rank
+takes its share of the episodes; gradients are averaged), validation each epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.core import devices, distributed
+from stages.core.artifacts import atomic_write_text, open_artifact, read_manifest
+from stages.core.checkpoints import load_checkpoint, save_checkpoint, set_rng_state
+from stages.core.datasets import open_dataset
+from stages.core.episodes import DEFAULT_MIN_AREA, read_episodes
+from stages.core.errors import FssegError
+from stages.core.imageio import load_float_map, read_image
+from stages.core.metrics import FssMeter
+from stages.models.backbones import NORMALISATION
+from stages.models.hsnet import HSNet, IMRHSNet
+
+log = logging.getLogger(__name__)
+METHODS = ("imr-hsnet", "hsnet")
+
+
+class EpisodeData:
+    """Loads (image, ground-truth mask, initial mask) triples at the training resolution."""
+
+    def __init__(self, dataset, size: int, backbone: str, cams_dir: Path | None):
+        self.ds, self.size, self.cams_dir = dataset, size, cams_dir
+        self.mean, self.std = NORMALISATION[backbone]
+
+    def has_cam(self, image_id: str, cls: int) -> bool:
+        return self.cams_dir is None or (self.cams_dir / "cams" / f"{image_id}__{cls}.npy").is_file()
+
+    def __call__(self, image_id: str, cls: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sample = self.ds.sample(image_id)
+        image = torch.from_numpy(read_image(sample.image)).permute(2, 0, 1)[None].float().div(255)
+        image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=True)[0]
+        image = (image - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        label = torch.from_numpy(self.ds.load_label(sample).astype(np.int64))[None, None].float()
+        label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
+        target = torch.where(label == self.ds.ignore_index, 255, (label == cls).long())
+        if self.cams_dir is not None:
+            cam = torch.from_numpy(load_float_map(self.cams_dir / "cams" / f"{image_id}__{cls}.npy"))[
+                None, None
+            ]
+            initial = F.interpolate(cam, size=(self.size, self.size), mode="bilinear", align_corners=True)[0]
+        else:
+            initial = (target == 1).float()[None]
+        return image, target, initial
+
+
+def _batches(items: Sequence, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)
+    return F.cross_entropy(logits, target, ignore_index=255)
+
+
+def episode_loss(
+    model, method: str, batch, *, steps: int, lambdas: Sequence[float], w_s: float
+) -> torch.Tensor:
+    """Loss of one batch of (query, support) episodes."""
+    qi, qt, qm, si, st, sm = batch
+    with torch.no_grad():
+        q_levels, s_levels = model.backbone(qi), model.backbone(si)
+    if method == "hsnet":
+        return _ce(model.predict(q_levels, s_levels, sm), qt)
+    q_steps, s_steps = model.refine(q_levels, s_levels, qm, sm, steps=steps)
+    return sum(
+        lambdas[t] * (_ce(lq, qt) + w_s * _ce(ls, st))
+        for t, (lq, ls) in enumerate(zip(q_steps, s_steps, strict=True))
+    )
+
+
+class EpisodeLoss(torch.nn.Module):
+    """The training loss as a module, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model, method: str, steps: int, lambdas: Sequence[float], w_s: float):
+        super().__init__()
+        self.model, self.method, self.steps, self.lambdas, self.w_s = model, method, steps, list(lambdas), w_s
+
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        return episode_loss(
+            self.model, self.method, batch, steps=self.steps, lambdas=self.lambdas, w_s=self.w_s
+        )
+
+
+def validate(
+    model, method: str, data: EpisodeData, doc: dict, *, steps: int, dist, device, precision
+) -> float:
+    """FSS mIoU (HSNet's protocol, at the training resolution) over this rank's share of `doc`'s episodes."""
+    meter = FssMeter()
+    model.eval()
+    with torch.no_grad(), devices.autocast(device, precision):
+        for ep in distributed.shard(doc["episodes"], dist):
+            qi, qt, qm = data(ep["query"], ep["class"])
+            si, st, sm = data(ep["support"][0], ep["class"])
+            if method == "hsnet":
+                sm = (st == 1).float()[None]
+            q_levels = model.backbone(qi[None].to(device))
+            s_levels = model.backbone(si[None].to(device))
+            if method == "hsnet":
+                logits = model.predict(q_levels, s_levels, sm[None].to(device))
+            else:
+                logits = model.refine(
+                    q_levels, s_levels, qm[None].to(device), sm[None].to(device), steps=steps
+                )[0][-1]
+            logits = F.interpolate(logits.float(), size=qt.shape, mode="bilinear", align_corners=True)
+            meter.update(logits.argmax(1)[0].cpu().numpy(), qt.numpy(), ep["class"], 255)
+    total = FssMeter()
+    for part in distributed.all_gather_objects(meter, dist):
+        total = total + part
+    return total.miou()
+
+
+def run_pretrain(
+    out_dir: str | Path,
+    *,
+    method: str,
+    dataset: str,
+    root: str | Path,
+    fold: int,
+    split: str | None = None,
+    cams: str | Path | None = None,
+    backbone: str = "resnet50",
+    backbone_weights: str = "imagenet",
+    img_size: int = 400,
+    epochs: int = 200,
+    batch_size: int = 40,
+    lr: float = 4e-4,
+    steps: int = 2,
+    lambda_t: Sequence[float] | None = None,
+    w_s: float = 1.0,
+    episodes_per_epoch: int | None = None,
+    val_episodes: str | Path | None = None,
+    val_cams: str | Path | None = None,
+    min_area: int = DEFAULT_MIN_AREA,
+    n_folds: int | None = None,
+    tiny: bool = False,
+    resume: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    overwrite: bool = False,
+    on_progress: Callable[..., None] | None = None,
+) -> Path:
+    if method not in METHODS:
+        raise FssegError(f"--method {method!r} is not one of {', '.join(METHODS)} (pspnet: see the README)")
+    if method == "imr-hsnet" and cams is None:
+        raise FssegError(
+            "--cams is required for --method imr-hsnet: the clip-cam artifact of the training images "
+            "(fsseg clip-cam --dataset ... --root ...)"
+        )
+    lambdas = list(lambda_t) if lambda_t else [1.0] * steps
+    if len(lambdas) != steps:
+        raise FssegError(f"--lambda-t gives {len(lambdas)} weights for {steps} steps")
+    dev = devices.resolve_device(device)
+    devices.check_precision(precision, dev)
+    dist = distributed.init_distributed(dev.type)
+    devices.seed_everything(seed)
+    cams_dir = Path(cams) if cams else None
+    if cams_dir is not None:
+        read_manifest(cams_dir, "cams")
+    ds = open_dataset(dataset, root, split)
+    novel = ds.fold_classes(fold, n_folds)
+    base = [c for c in ds.foreground_classes() if c not in novel]
+    channels = (4, 8, 16) if tiny else (16, 64, 128)
+    model_kwargs: dict[str, Any] = {
+        "backbone": backbone,
+        "backbone_weights": None,
+        "channels": list(channels),
+    }
+    if method == "imr-hsnet":
+        model_kwargs |= {"mid": 32 if tiny else 512, "gate": 32 if tiny else 512, "state_size": img_size // 8}
+    params = {
+        "method": method,
+        "dataset": dataset,
+        "split": ds.split,
+        "fold": fold,
+        "n_folds": n_folds,
+        "base_classes": base,
+        "backbone": backbone,
+        "backbone_weights": str(backbone_weights),
+        "img_size": img_size,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": "adam",
+        "steps": steps,
+        "lambda_t": lambdas,
+        "w_s": w_s,
+        "episodes_per_epoch": episodes_per_epoch,
+        "min_area": min_area,
+        "tiny": tiny,
+        "precision": precision,
+        "model_kwargs": model_kwargs,
+    }
+    inputs = [root] + [p for p in (cams, val_episodes, val_cams) if p]
+    with open_artifact(
+        out_dir,
+        kind="checkpoint",
+        stage="pretrain",
+        params=params,
+        inputs=inputs,
+        seed=seed,
+        overwrite=overwrite,
+    ) as art:
+        if art.up_to_date:
+            return art.path
+        last = art.path / "checkpoints" / "last.pt"
+        if resume and not last.is_file():
+            raise FssegError(f"--resume: no {last} to resume from; run without --resume to start")
+        cls = IMRHSNet if method == "imr-hsnet" else HSNet
+        model = cls(**(model_kwargs | {"backbone_weights": backbone_weights})).to(dev)
+        model.backbone.eval()
+        trainable = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+        optimizer = torch.optim.Adam(trainable, lr=lr)
+        start_epoch, best, history = 0, -1.0, []
+        if last.is_file():  # an unfinished run with the same parameters: continue it
+            state = load_checkpoint(last, dev)
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+            start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+            log.info("resuming from %s at epoch %d", last, start_epoch + 1)
+        net = EpisodeLoss(model, method, steps, lambdas, w_s)
+        if dist.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(net)
+
+        data = EpisodeData(ds, img_size, backbone, cams_dir)
+        pairs = [(i, c) for i, c in ds.pairs(base, min_area) if data.has_cam(i, c)]
+        by_class: dict[int, list[str]] = {}
+        for image_id, c in pairs:
+            by_class.setdefault(c, []).append(image_id)
+        pairs = [(i, c) for i, c in pairs if len(by_class[c]) > 1]
+        if not pairs:
+            raise FssegError(
+                f"no training pairs: no base class of fold {fold} has two images over {min_area} pixels"
+                + (" with CAMs in --cams" if cams_dir else "")
+            )
+        val_doc = read_episodes(val_episodes) if val_episodes else None
+        val_data = EpisodeData(
+            ds if val_doc is None else open_dataset(val_doc["dataset"], val_doc["root"], val_doc["split"]),
+            img_size,
+            backbone,
+            Path(val_cams) if val_cams else cams_dir if method == "imr-hsnet" else None,
+        )
+
+        per_epoch = min(episodes_per_epoch or len(pairs), len(pairs))
+        for epoch in range(start_epoch, epochs):
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(len(pairs))[:per_epoch]
+            episodes = []
+            for k in order:
+                qid, c = pairs[k]
+                others = [i for i in by_class[c] if i != qid]
+                episodes.append((qid, others[int(rng.integers(len(others)))], c))
+            mine = distributed.shard(episodes, dist)
+            net.train()
+            model.backbone.eval()
+            started, losses = time.time(), []
+            for b, batch in enumerate(_batches(mine, max(1, batch_size // dist.world_size)), 1):
+                loaded = [data(q, c) + data(s, c) for q, s, c in batch]
+                tensors = [torch.stack([row[j] for row in loaded]).to(dev) for j in range(6)]
+                with devices.autocast(dev, precision):
+                    loss = net(*tensors)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                if on_progress is not None:
+                    on_progress(
+                        epoch * per_epoch + min(b * batch_size, per_epoch),
+                        epochs * per_epoch,
+                        status=f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f}"
+                        + (f" best val mIoU {100 * best:.1f}" if best >= 0 else ""),
+                    )
+            val = (
+                validate(
+                    model, method, val_data, val_doc, steps=steps, dist=dist, device=dev, precision=precision
+                )
+                if val_doc
+                else None
+            )
+            row = {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)) if losses else None,
+                "seconds": time.time() - started,
+                "val_miou": None if val is None else 100 * val,
+            }
+            history.append(row)
+            improved = val is None or val > best
+            if val is not None and val > best:
+                best = val
+            log.info(
+                "epoch %d/%d: loss %.4f%s",
+                epoch + 1,
+                epochs,
+                row["loss"] or 0,
+                "" if val is None else f", val mIoU {100 * val:.2f} (best {100 * best:.2f})",
+            )
+            if dist.is_main:
+                extra = {"epoch": epoch, "best": best, "history": history}
+                if improved:
+                    save_checkpoint(
+                        art.file("checkpoints/best.pt"),
+                        model,
+                        model_name=_name(method),
+                        model_kwargs=model_kwargs,
+                        extra={"epoch": epoch, "val_miou": row["val_miou"]},
+                    )
+                save_checkpoint(
+                    art.file("checkpoints/last.pt"),
+                    model,
+                    model_name=_name(method),
+                    model_kwargs=model_kwargs,
+                    optimizer=optimizer,
+                    step=epoch,
+                    extra=extra,
+                )
+                atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+            distributed.barrier(dist)
+        if dist.is_main:
+            _loss_png(art.file("loss.png"), history)
+        checksum = float(sum(p.detach().double().sum() for p in trainable))
+        checksums = distributed.all_gather_objects(checksum, dist)  # every rank must hold the same weights
+        if len(set(checksums)) > 1:
+            log.warning("ranks disagree on the trained weights: %s", checksums)
+        return art.finish(
+            outputs={
+                "rank_weight_checksums": checksums,
+                "best": "checkpoints/best.pt",
+                "last": "checkpoints/last.pt",
+                "log": "log.jsonl",
+                "training_pairs": len(pairs),
+                "best_val_miou": None if best < 0 else 100 * best,
+                "history": history,
+            },
+            label_map={str(c): ds.class_names[c] for c in base},
+            device=devices.describe(dev),
+        )
+
+
+def _name(method: str) -> str:
+    return "imr_hsnet" if method == "imr-hsnet" else "hsnet"
+
+
+def _loss_png(path: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["loss"] for r in history], "o-", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if any(r["val_miou"] is not None for r in history):
+        twin = ax.twinx()
+        twin.plot(epochs, [r["val_miou"] for r in history], "s--", color="#d8453b", label="val mIoU")
+        twin.set_ylabel("val mIoU (%)")
+    ax.set_title("pretrain")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

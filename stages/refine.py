@@ -1,0 +1,499 @@
+"""`fsseg refine`: few-shot masks by iterative mutual refinement (IMR-HSNet) or HSNet baselines.
+
+Reads:  a checkpoint (fsseg's, or the authors' plain state dict of HSNet / IMR-HSNet), and
+        either an episodes file over a dataset (benchmark mode) or folders of support and
+        query images (ad-hoc mode). Initial masks: CAMs from a clip-cam artifact (`cams`), or
+        computed on the fly with the code clip-cam uses; or pixel-labelled support masks.
+Writes: `pred/<episode:05d>.png` (benchmark; what `fsseg evaluate --task fss` reads) or
+        `masks/<query>.png` (ad-hoc), 0/1 at the query's size; `steps/tN/{query,support}/...`
+        per refinement step; `overlays/<id>.jpg` (support and query masks, step by step);
+        optional `probs/<id>.npy`; `manifest.json` (kind "refine").
+Algorithm: images resized to `img_size`^2; backbone features cached per image (LRU) across
+        episodes; refiners: `imr` (IMR-HSNet, `steps` steps, support and query refined
+        mutually; pixel-labelled supports stay fixed), `none` (one HSNet pass from the initial
+        support mask) and `mutual` (HSNet: query <- support, support <- query, query <-
+        support). k-shot: each support predicts; votes / max vote >= 0.5.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.core import devices
+from stages.core.artifacts import open_artifact, read_manifest, run_items
+from stages.core.checkpoints import build_from_checkpoint, load_checkpoint
+from stages.core.datasets import open_dataset
+from stages.core.episodes import read_episodes
+from stages.core.errors import FssegError
+from stages.core.imageio import (
+    list_images,
+    load_float_map,
+    overlay,
+    read_binary_mask,
+    read_image,
+    write_jpeg,
+    write_label,
+)
+from stages.models.backbones import NORMALISATION
+from stages.models.hsnet import HSNet, IMRHSNet, load_reference_state_dict, reference_architecture
+
+log = logging.getLogger(__name__)
+REFINERS = ("imr", "none", "mutual")
+
+
+# ----------------------------------------------------------------------------- model
+def load_refiner(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, str, str]:
+    """(model, method "imr-hsnet" | "hsnet", backbone name) from an fsseg or an authors' checkpoint."""
+    data = load_checkpoint(checkpoint)
+    if "model_name" in data:
+        model, data = build_from_checkpoint(checkpoint)
+        if not isinstance(model, HSNet | IMRHSNet):
+            raise FssegError(
+                f"{checkpoint} holds a {data['model_name']} model; refine needs hsnet or imr_hsnet"
+            )
+        method, backbone = (
+            ("imr-hsnet" if isinstance(model, IMRHSNet) else "hsnet"),
+            data["model_kwargs"]["backbone"],
+        )
+    else:
+        state = data.get("state_dict", data) if isinstance(data.get("state_dict"), dict) else data
+        method, backbone = reference_architecture(state)
+        cls = IMRHSNet if method == "imr-hsnet" else HSNet
+        model = cls(backbone=backbone, backbone_weights=None)
+        try:
+            load_reference_state_dict(model, state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0][:200]
+            raise FssegError(
+                f"{checkpoint} is not an {method} {backbone} state dict fsseg can map ({first})"
+            ) from None
+    return model.to(device).eval(), method, backbone
+
+
+class FeatureCache:
+    """LRU cache of backbone pyramids keyed by image; `capacity` 0 disables it."""
+
+    def __init__(self, backbone: torch.nn.Module, capacity: int):
+        self.backbone, self.capacity = backbone, capacity
+        self.store: OrderedDict[str, list[list[torch.Tensor]]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __call__(self, key: str, tensor: Callable[[], torch.Tensor]):
+        if key in self.store:
+            self.hits += 1
+            self.store.move_to_end(key)
+            return self.store[key]
+        self.misses += 1
+        levels = self.backbone(tensor())
+        if self.capacity:
+            self.store[key] = levels
+            while len(self.store) > self.capacity:
+                self.store.popitem(last=False)
+        return levels
+
+
+# ----------------------------------------------------------------------------- episodes
+@dataclass
+class Shot:
+    """One image and its initial mask (a CAM, or a pixel mask for supports), loaded on demand."""
+
+    key: str
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]  # -> (RGB image, mask in [0, 1] at its size)
+
+
+@dataclass
+class Job:
+    id: str
+    query: Shot
+    supports: list[Shot]
+    output: str  # relative path of the final mask
+
+
+def _to_tensor(image: np.ndarray, size: int, backbone: str, device) -> torch.Tensor:
+    mean, std = NORMALISATION[backbone]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+    return ((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).to(device)
+
+
+def _mask_tensor(mask: np.ndarray, size: int, device) -> torch.Tensor:
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    return F.interpolate(m, size=(size, size), mode="bilinear", align_corners=True).clamp(0, 1).to(device)
+
+
+def _fg(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """Foreground probability (H, W) at an image's size from 2-class logits."""
+    prob = logits.float().softmax(1)[:, 1:]
+    return F.interpolate(prob, size=shape, mode="bilinear", align_corners=True)[0, 0].cpu().numpy()
+
+
+def refine_one(
+    model,
+    method: str,
+    refiner: str,
+    q_levels,
+    s_levels,
+    q_mask,
+    s_mask,
+    *,
+    steps: int,
+    fixed_support: bool,
+    zero_shot: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Per-step query and support logits for one (query, support) pair."""
+    if method == "imr-hsnet":
+        if refiner != "imr":
+            raise FssegError(
+                f"--refiner {refiner} runs an HSNet checkpoint; this one is IMR-HSNet (use --refiner imr)"
+            )
+        return model.refine(
+            q_levels,
+            s_levels,
+            q_mask,
+            s_mask,
+            steps=steps,
+            update_support=not fixed_support,
+            zero_shot=zero_shot,
+        )
+    if refiner == "imr":
+        raise FssegError(
+            "--refiner imr needs an IMR-HSNet checkpoint; this one is HSNet (use --refiner none or mutual)"
+        )
+    if zero_shot:
+        s_levels, s_mask = q_levels, q_mask
+    q1 = model.predict(q_levels, s_levels, s_mask)
+    if refiner == "none":
+        return [q1], [None]
+    s2 = model.predict(s_levels, q_levels, q1.softmax(1)[:, 1:])
+    q3 = model.predict(q_levels, s_levels, s2.softmax(1)[:, 1:])
+    return [q1, q3], [s2, s2]
+
+
+# ----------------------------------------------------------------------------- stage
+def run_refine(
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path,
+    episodes: str | Path | None = None,
+    root: str | Path | None = None,
+    support: str | None = None,
+    query: str | None = None,
+    label: str | None = None,
+    support_masks: str | Path | None = None,
+    cams: str | Path | None = None,
+    supervision: str = "label",
+    refiner: str = "imr",
+    steps: int = 2,
+    zero_shot: bool = False,
+    img_size: int = 400,
+    cam_backend: str = "auto",
+    feature_cache: int = 64,
+    save_probs: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    if refiner not in REFINERS:
+        raise FssegError(f"--refiner {refiner!r} is not one of {', '.join(REFINERS)}")
+    if supervision not in ("label", "mask"):
+        raise FssegError(f"--supervision {supervision!r} is not label or mask")
+    if (episodes is None) == (query is None):
+        raise FssegError("pass either --episodes (benchmark mode) or --query (ad-hoc mode)")
+    if query is not None and not (support or zero_shot):
+        raise FssegError("--support DIR is needed with --query (or --zero-shot)")
+    if query is not None and support_masks is None and not label:
+        raise FssegError("--label is needed when the supports have no --support-masks (the class to find)")
+    if steps < 1:
+        raise FssegError(f"--steps must be at least 1, got {steps}")
+    devices.seed_everything(seed)
+    dev = devices.resolve_device(device)
+    devices.check_precision(precision, dev)
+    model, method, backbone = load_refiner(checkpoint, dev)
+    cam_artifact = None
+    if cams is not None:
+        cam_artifact = read_manifest(cams, "cams")
+    fixed_support = supervision == "mask" or support_masks is not None
+
+    benchmark = episodes is not None
+    doc = read_episodes(episodes) if benchmark else None
+    params: dict[str, Any] = {
+        "mode": "benchmark" if benchmark else "ad-hoc",
+        "method": method,
+        "backbone": backbone,
+        "refiner": refiner,
+        "steps": steps,
+        "supervision": "mask" if fixed_support else "label",
+        "zero_shot": zero_shot,
+        "img_size": img_size,
+        "label": label,
+        "precision": precision,
+        "cam_backend": cam_backend,
+        "feature_cache": feature_cache,
+        "save_probs": save_probs,
+        "root": str(root) if root else None,
+    }
+    inputs = [checkpoint] + [
+        p for p in (episodes, cams, support, query, support_masks) if p and Path(p).exists()
+    ]
+    with open_artifact(
+        out_dir, kind="refine", stage="refine", params=params, inputs=inputs, seed=seed, overwrite=overwrite
+    ) as art:
+        if art.up_to_date:
+            return art.path
+        jobs = (
+            _benchmark_jobs(doc, root, cams, cam_artifact, fixed_support, zero_shot, cam_backend, dev)
+            if benchmark
+            else _adhoc_jobs(
+                support, query, label, support_masks, cams, cam_artifact, zero_shot, cam_backend, dev
+            )
+        )
+        cache = FeatureCache(model.backbone, feature_cache)
+
+        def work(job: Job) -> None:
+            with torch.no_grad(), devices.autocast(dev, precision):
+                _run_job(
+                    art,
+                    job,
+                    model,
+                    method,
+                    refiner,
+                    cache,
+                    backbone,
+                    img_size,
+                    dev,
+                    steps=steps,
+                    fixed_support=fixed_support,
+                    zero_shot=zero_shot,
+                    save_probs=save_probs,
+                )
+
+        run_items(art, jobs, done=lambda j: art.has(j.output), work=work, on_progress=on_progress)
+        log.info("feature cache: %d hits, %d misses", cache.hits, cache.misses)
+        return art.finish(
+            outputs={
+                "predictions": "pred" if benchmark else "masks",
+                "steps": "steps",
+                "overlays": "overlays",
+                "episodes": len(jobs),
+                "feature_cache": {"hits": cache.hits, "misses": cache.misses},
+            },
+            label_map={"0": "background", "1": label or "foreground"},
+            device=devices.describe(dev),
+        )
+
+
+def _run_job(
+    art,
+    job: Job,
+    model,
+    method,
+    refiner,
+    cache,
+    backbone,
+    size,
+    dev,
+    *,
+    steps,
+    fixed_support,
+    zero_shot,
+    save_probs,
+) -> None:
+    q_image, q_initial = job.query.load()
+    q_levels = cache(job.query.key, lambda: _to_tensor(q_image, size, backbone, dev))
+    q_mask = _mask_tensor(q_initial, size, dev)
+    shape = q_image.shape[:2]
+    votes = np.zeros(shape, np.float32)
+    probs = np.zeros(shape, np.float32)
+    tiles: list[list[np.ndarray]] = []
+    for k, shot in enumerate(job.supports or [job.query]):
+        s_image, s_initial = shot.load()
+        s_levels = cache(shot.key, lambda img=s_image: _to_tensor(img, size, backbone, dev))
+        q_steps, s_steps = refine_one(
+            model,
+            method,
+            refiner,
+            q_levels,
+            s_levels,
+            q_mask,
+            _mask_tensor(s_initial, size, dev),
+            steps=steps,
+            fixed_support=fixed_support,
+            zero_shot=zero_shot,
+        )
+        fg = _fg(q_steps[-1], shape)
+        votes += fg >= 0.5
+        probs += fg / max(len(job.supports), 1)
+        for t, (lq, ls) in enumerate(zip(q_steps, s_steps, strict=True), 1):
+            write_label(
+                art.file(f"steps/t{t}/query/{job.id}_s{k}.png"), (_fg(lq, shape) >= 0.5).astype(np.uint8)
+            )
+            if ls is not None and not zero_shot:
+                write_label(
+                    art.file(f"steps/t{t}/support/{job.id}_s{k}.png"),
+                    (_fg(ls, s_image.shape[:2]) >= 0.5).astype(np.uint8),
+                )
+        if k == 0:
+            tiles = _evolution((q_image, q_initial), (s_image, s_initial), q_steps, s_steps, zero_shot)
+    final = (votes / max(votes.max(), 1) >= 0.5).astype(np.uint8)
+    write_jpeg(art.file(f"overlays/{job.id}.jpg"), _grid(tiles))
+    if save_probs:
+        from stages.core.imageio import save_float_map
+
+        save_float_map(art.file(f"probs/{job.id}.npy"), probs)
+    write_label(art.file(job.output), final)  # last: marks the job done
+
+
+def _evolution(query, support, q_steps, s_steps, zero_shot: bool) -> list[list[np.ndarray]]:
+    """Rows of overlay tiles: support (initial mask as heat, then each step) and query (likewise)."""
+
+    def row(image, initial, step_logits):
+        tiles = [overlay(image, heatmap=initial, alpha=0.45)]
+        for logits in step_logits:
+            mask = _fg(logits, image.shape[:2]) >= 0.5 if logits is not None else initial >= 0.5
+            tiles.append(overlay(image, mask=mask, alpha=0.45))
+        return tiles
+
+    q_row = row(*query, q_steps)
+    return [q_row] if zero_shot else [row(*support, s_steps), q_row]
+
+
+def _grid(rows: list[list[np.ndarray]], side: int = 220) -> np.ndarray:
+    import cv2
+
+    def fit(img):
+        h, w = img.shape[:2]
+        scale = side / max(h, w)
+        img = cv2.resize(img, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
+        canvas = np.full((side, side, 3), 255, np.uint8)
+        canvas[: img.shape[0], : img.shape[1]] = img
+        return canvas
+
+    return np.vstack([np.hstack([fit(t) for t in row]) for row in rows])
+
+
+def _cam_lookup(cams_dir, artifact, compute: Callable[[np.ndarray, str], np.ndarray] | None):
+    """A function (cam id, image, label) -> CAM, from an artifact, else computed."""
+
+    def get(cam_id: str, image: np.ndarray, label: str) -> np.ndarray:
+        if artifact is not None:
+            path = Path(cams_dir) / "cams" / f"{cam_id}.npy"
+            if not path.is_file():
+                raise FssegError(
+                    f"no CAM {cam_id} in {cams_dir}; run `fsseg clip-cam` over the same images "
+                    f"(for a dataset: --dataset with the same split)"
+                )
+            cam = load_float_map(path)
+            if cam.shape != image.shape[:2]:
+                cam = F.interpolate(
+                    torch.from_numpy(cam)[None, None],
+                    size=image.shape[:2],
+                    mode="bilinear",
+                    align_corners=False,
+                )[0, 0].numpy()
+            return cam
+        return compute(image, label)
+
+    return get
+
+
+def _computer(labels: list[str], backend: str, dev) -> Callable[[np.ndarray, str], np.ndarray]:
+    from stages.models import cam as cams
+
+    chosen = cams.resolve_backend(backend, "RN50", "openai")
+    engine = cams.LabelCams.build(
+        chosen, labels, score="softmax" if len(labels) > 1 else "cosine", device=dev
+    )
+    log.info(
+        "computing initial masks with the %s CAM backend (pass --cams to reuse a clip-cam artifact)", chosen
+    )
+    return lambda image, label: engine([image], [label])[0]
+
+
+def _benchmark_jobs(doc, root, cams_dir, artifact, fixed_support, zero_shot, backend, dev) -> list[Job]:
+    ds = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
+    if doc["protocol"] == "gfss":
+        raise FssegError("refine scores fss episodes; these are gfss episodes (use finetune-episode)")
+    names = doc["class_names"]
+    compute = (
+        None
+        if artifact is not None
+        else _computer([n for c, n in enumerate(names) if c != doc["background"]], backend, dev)
+    )
+    cam = _cam_lookup(cams_dir, artifact, compute)
+
+    @lru_cache(maxsize=64)
+    def image(sample_id: str) -> np.ndarray:
+        return read_image(ds.sample(sample_id).image)
+
+    def query_shot(qid: str, c: int) -> Shot:
+        return Shot(qid, lambda: (image(qid), cam(f"{qid}__{c}", image(qid), names[c])))
+
+    def support_shot(sid: str, c: int) -> Shot:
+        if fixed_support:
+            return Shot(sid, lambda: (image(sid), (ds.load_label(ds.sample(sid)) == c).astype(np.float32)))
+        return Shot(sid, lambda: (image(sid), cam(f"{sid}__{c}", image(sid), names[c])))
+
+    return [
+        Job(
+            f"{i:05d}",
+            query_shot(ep["query"], ep["class"]),
+            [] if zero_shot else [support_shot(sid, ep["class"]) for sid in ep["support"]],
+            f"pred/{i:05d}.png",
+        )
+        for i, ep in enumerate(doc["episodes"])
+    ]
+
+
+def _adhoc_jobs(
+    support, query, label, support_masks, cams_dir, artifact, zero_shot, backend, dev
+) -> list[Job]:
+    compute = (
+        None
+        if artifact is not None or (support_masks is not None and not label)
+        else _computer([label or "object"], backend, dev)
+    )
+    cam = _cam_lookup(cams_dir, artifact, compute)
+
+    def support_shot(path: Path) -> Shot:
+        def load():
+            img = read_image(path)
+            if support_masks is None:
+                return img, cam(path.stem, img, label)
+            mask_path = Path(support_masks) / f"{path.stem}.png"
+            if not mask_path.is_file():
+                raise FssegError(
+                    f"no support mask {mask_path} for {path.name}; masks share the image's file stem"
+                )
+            mask = read_binary_mask(mask_path).astype(np.float32)
+            if mask.shape != img.shape[:2]:
+                raise FssegError(
+                    f"support mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but {path} is "
+                    f"{img.shape[1]}x{img.shape[0]}; masks must match their images"
+                )
+            return img, mask
+
+        return Shot(f"s:{path}", load)
+
+    def query_shot(path: Path) -> Shot:
+        def load():
+            img = read_image(path)
+            if label or artifact is not None:
+                return img, cam(path.stem, img, label)
+            return img, np.full(img.shape[:2], 0.5, np.float32)  # no prior for the query
+
+        return Shot(f"q:{path}", load)
+
+    supports = [] if zero_shot or not support else [support_shot(p) for p in list_images(support)]
+    return [Job(p.stem, query_shot(p), supports, f"masks/{p.stem}.png") for p in list_images(query)]

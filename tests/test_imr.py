@@ -1,0 +1,363 @@
+"""IMR-HSNet: architecture, the authors' checkpoints, refine modes, training with resume and DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stages.models.hsnet import HSNet, IMRHSNet, PairCorrelation, correlation, mask_levels
+from tests.conftest import ROOT, error_line, make_voc_tree, run_fsseg, shared_data
+
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    """A tiny VOC tree, its CAMs (random CLIP), fold-0 episodes, and a 2-epoch tiny IMR model."""
+    base = tmp_path_factory.mktemp("imr")
+    env = {"FSSEG_CACHE": str(base / "cache")}
+    root = make_voc_tree(base / "VOC2012")
+    run_fsseg(
+        "clip-cam",
+        "--dataset",
+        "pascal",
+        "--root",
+        root,
+        "--split",
+        "all",
+        "--backend",
+        "clip",
+        "--pretrained",
+        "none",
+        "--out",
+        base / "cams",
+        env=env,
+        check=True,
+    )
+    run_fsseg(
+        "data",
+        "episodes",
+        "pascal",
+        "--root",
+        root,
+        "--split",
+        "all",
+        "--fold",
+        0,
+        "--n",
+        6,
+        "--min-area",
+        500,
+        "--out",
+        base / "episodes.json",
+        env=env,
+        check=True,
+    )
+    common = [
+        "--dataset",
+        "pascal",
+        "--root",
+        root,
+        "--split",
+        "all",
+        "--fold",
+        1,
+        "--backbone",
+        "tiny",
+        "--backbone-weights",
+        "random",
+        "--tiny",
+        "--img-size",
+        64,
+        "--batch-size",
+        4,
+        "--min-area",
+        100,
+    ]
+    run_fsseg(
+        "pretrain",
+        "--method",
+        "imr-hsnet",
+        "--cams",
+        base / "cams",
+        *common,
+        "--epochs",
+        2,
+        "--val-episodes",
+        base / "episodes.json",
+        "--out",
+        base / "imr",
+        env=env,
+        check=True,
+    )
+    run_fsseg(
+        "pretrain", "--method", "hsnet", *common, "--epochs", 1, "--out", base / "hsnet", env=env, check=True
+    )
+    return {
+        "base": base,
+        "root": root,
+        "env": env,
+        "cams": base / "cams",
+        "episodes": base / "episodes.json",
+        "imr": base / "imr" / "checkpoints" / "best.pt",
+        "hsnet": base / "hsnet" / "checkpoints" / "best.pt",
+        "common": common,
+    }
+
+
+def test_architecture_at_400():
+    torch.manual_seed(0)
+    model = IMRHSNet(backbone="tiny", backbone_weights=None, channels=(4, 8, 16), mid=32, gate=32).eval()
+    assert model.convz1.groups == 8 and model.convz1.weight.shape == (16 // 2, 32 // 2 // 8, 3, 3)
+    with torch.no_grad():
+        q, s = model.backbone(torch.randn(1, 3, 400, 400)), model.backbone(torch.randn(1, 3, 400, 400))
+        assert [level[0].shape[-1] for level in q] == [50, 25, 13]
+        sq = model.hpn_learner.encoder_layer2(correlation(q[0], s[0]))
+        assert sq.shape == (1, 16, 50, 50, 2, 2)  # the support dims end at 2x2 on every level
+        assert model.hpn_learner.encoder_layer4(correlation(q[2], s[2])).shape[-2:] == (2, 2)
+        mq, ms = torch.rand(1, 1, 50, 50), torch.rand(1, 1, 50, 50)
+        fast, fast_s = model.refine(q, s, mq, ms, steps=3, reuse_correlation=True)
+        slow, slow_s = model.refine(q, s, mq, ms, steps=3, reuse_correlation=False)
+    assert len(fast) == 3 and fast[0].shape == (1, 2, 100, 100)
+    for a, b in zip(fast + fast_s, slow + slow_s, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    pair = PairCorrelation(q, s)
+    for got, want in zip(
+        pair.query_side(ms),
+        [correlation(a, b) for a, b in zip(q, mask_levels(s, ms), strict=True)],
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,backbone", [("imr_hsnet", "resnet50"), ("hsnet", "vgg16")])
+def test_authors_checkpoint_loads_every_tensor(voc, tmp_path, kind, backbone):
+    shapes = json.loads((REFERENCE / f"{kind}_state_dict_shapes.json").read_text())["models"][backbone]
+    gen = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v, generator=gen) if v else torch.tensor(7)) for k, v in shapes.items()}
+    for key in state:
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(3)
+        elif key.endswith("running_var"):
+            state[key] = state[key].abs() + 0.5
+    path = tmp_path / "authors.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)  # as DataParallel saved them
+    from stages.refine import load_refiner
+
+    model, method, found = load_refiner(path, torch.device("cpu"))
+    assert (method, found) == (kind.replace("_", "-"), backbone)
+    ours = model.state_dict()
+    assert len(ours) == len(state)
+    for key, value in state.items():
+        torch.testing.assert_close(ours[key.replace("conv1024_512.", "mid_proj.")], value, rtol=0, atol=0)
+    refiner = "imr" if kind == "imr_hsnet" else "none"
+    run_fsseg(
+        "refine",
+        "--checkpoint",
+        path,
+        "--episodes",
+        voc["episodes"],
+        "--cams",
+        voc["cams"],
+        "--refiner",
+        refiner,
+        "--img-size",
+        64,
+        "--out",
+        tmp_path / "out",
+        env=voc["env"],
+        check=True,
+    )
+    assert len(list((tmp_path / "out" / "pred").glob("*.png"))) == 6
+
+
+def test_refine_modes_cache_and_evaluate(voc, tmp_path):
+    args = [
+        "refine",
+        "--checkpoint",
+        voc["imr"],
+        "--episodes",
+        voc["episodes"],
+        "--cams",
+        voc["cams"],
+        "--img-size",
+        64,
+    ]
+    run_fsseg(*args, "--out", tmp_path / "cached", env=voc["env"], check=True)
+    run_fsseg(*args, "--feature-cache", 0, "--out", tmp_path / "uncached", env=voc["env"], check=True)
+    for png in sorted((tmp_path / "cached" / "pred").glob("*.png")):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "uncached" / "pred" / png.name))
+        )
+    manifest = json.loads((tmp_path / "cached" / "manifest.json").read_text())
+    assert manifest["outputs"]["feature_cache"]["hits"] > 0
+    assert (tmp_path / "cached" / "steps" / "t2" / "support" / "00000_s0.png").is_file()
+    overlay = Image.open(tmp_path / "cached" / "overlays" / "00000.jpg")
+    assert overlay.size == (3 * 220, 2 * 220)  # support and query rows: initial CAM, step 1, step 2
+    ev = run_fsseg(
+        "evaluate",
+        "--task",
+        "fss",
+        "--pred",
+        tmp_path / "cached",
+        "--episodes",
+        voc["episodes"],
+        "--out",
+        tmp_path / "ev",
+        env=voc["env"],
+        check=True,
+    )
+    assert "mIoU" in ev.stdout
+    pretrain_val = json.loads((voc["base"] / "imr" / "manifest.json").read_text())["outputs"]["history"][-1][
+        "val_miou"
+    ]
+    scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["miou"]
+    best = json.loads((voc["base"] / "imr" / "manifest.json").read_text())["outputs"]["best_val_miou"]
+    assert scored == pytest.approx(best, abs=1e-6) or scored == pytest.approx(pretrain_val, abs=1e-6)
+    run_fsseg(*args, "--zero-shot", "--out", tmp_path / "zero", env=voc["env"], check=True)
+    assert not (tmp_path / "zero" / "steps" / "t1" / "support").exists()
+    for refiner in ("none", "mutual"):
+        run_fsseg(
+            "refine",
+            "--checkpoint",
+            voc["hsnet"],
+            "--episodes",
+            voc["episodes"],
+            "--cams",
+            voc["cams"],
+            "--refiner",
+            refiner,
+            "--img-size",
+            64,
+            "--out",
+            tmp_path / refiner,
+            env=voc["env"],
+            check=True,
+        )
+    assert len(list((tmp_path / "mutual" / "steps").iterdir())) == 2
+    wrong = run_fsseg(
+        "refine",
+        "--checkpoint",
+        voc["hsnet"],
+        "--episodes",
+        voc["episodes"],
+        "--cams",
+        voc["cams"],
+        "--refiner",
+        "imr",
+        "--out",
+        tmp_path / "wrong",
+        env=voc["env"],
+    )
+    assert "needs an IMR-HSNet checkpoint" in error_line(wrong)
+    not_cams = run_fsseg(*args, "--cams", tmp_path / "ev", "--out", tmp_path / "x", env=voc["env"])
+    assert "'metrics' artifact" in error_line(not_cams) and "fsseg clip-cam" in error_line(not_cams)
+
+
+def test_adhoc_mode_on_real_fss1000(voc, tmp_path):
+    eiffel = shared_data("fss1000-eiffel")
+    out = tmp_path / "adhoc"
+    run_fsseg(
+        "refine",
+        "--checkpoint",
+        voc["imr"],
+        "--support",
+        eiffel / "support" / "image",
+        "--support-masks",
+        eiffel / "support" / "label",
+        "--query",
+        eiffel / "query",
+        "--label",
+        "tower",
+        "--img-size",
+        64,
+        "--out",
+        out,
+        env=voc["env"],
+        check=True,
+    )
+    masks = list((out / "masks").glob("*.png"))
+    assert len(masks) == len(list((eiffel / "query").iterdir()))
+    assert (out / "masks" / "400. paris.png").is_file()
+    assert (
+        out / "steps" / "t2" / "query" / "400. paris_s4.png"
+    ).is_file()  # 5-shot: one prediction per support
+
+
+def test_training_resume_matches_an_uninterrupted_run(voc, tmp_path):
+    from stages.core.checkpoints import load_checkpoint
+    from stages.pretrain import run_pretrain
+
+    kwargs = dict(
+        method="imr-hsnet",
+        dataset="pascal",
+        root=voc["root"],
+        split="all",
+        fold=1,
+        cams=voc["cams"],
+        backbone="tiny",
+        backbone_weights="random",
+        tiny=True,
+        img_size=64,
+        epochs=3,
+        batch_size=4,
+        min_area=100,
+        device="cpu",
+        seed=3,
+    )
+    os.environ["FSSEG_CACHE"] = voc["env"]["FSSEG_CACHE"]
+    run_pretrain(tmp_path / "straight", **kwargs)
+
+    def stop_in_epoch_2(done, total, status=None):
+        if status and status.startswith("epoch 2/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(tmp_path / "resumed", on_progress=stop_in_epoch_2, **kwargs)
+    assert not (tmp_path / "resumed" / "manifest.json").exists()
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 0
+    run_pretrain(tmp_path / "resumed", resume=True, **kwargs)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_ddp_two_processes_keep_identical_weights(voc, tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, **voc["env"], "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tests" / "ddp_pretrain_worker.py"),
+            str(voc["root"]),
+            str(voc["cams"]),
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    checksums = manifest["outputs"]["rank_weight_checksums"]
+    assert manifest["world_size"] == 2 and len(checksums) == 2 and checksums[0] == checksums[1]
+    assert len((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_hsnet_and_imr_have_distinct_names():
+    assert {n for n, _ in HSNet(backbone="tiny", backbone_weights=None).named_children()} == {
+        "backbone",
+        "hpn_learner",
+    }
