@@ -23,6 +23,7 @@ app = typer.Typer(
 app.command("clip-cam", help=clip_cam.HELP)(clip_cam.clip_cam)
 app.command("pretrain", help=refine.PRETRAIN_HELP)(refine.pretrain)
 app.command("refine", help=refine.REFINE_HELP)(refine.refine)
+app.command("finetune-episode", help=refine.FINETUNE_HELP)(refine.finetune_episode)
 app.command("info", help="Versions, devices, and which pretrained weights are in the local caches.")(
     info.info
 )

@@ -27,10 +27,13 @@ REFINE_HELP = (
 PRETRAIN_HELP = (
     "Train a few-shot segmenter on the base classes of a fold.\n\n"
     "[bold]--method imr-hsnet[/]: episodic IMR training from CAMs (--cams: a clip-cam artifact of the training "
-    "images), loss of paper Eq. 7. [bold]--method hsnet[/]: the HSNet baseline with ground-truth support masks.\n\n"
+    "images), loss of paper Eq. 7. [bold]--method hsnet[/]: the HSNet baseline with ground-truth support masks. "
+    "[bold]--method pspnet[/]: PSPNet on background + base classes, CE with label smoothing + --contrastive x "
+    "pixel InfoNCE (the GFSS report), SGD with cosine decay.\n\n"
     "[bold]Writes[/] (--out): checkpoints/last.pt (resume state), checkpoints/best.pt, log.jsonl, loss.png, "
     "manifest.json. Rerunning into an unfinished run continues from last.pt. Runs under torchrun (DDP).\n\n"
-    "[bold]Defaults[/]: the authors' PASCAL settings: Adam lr 4e-4, batch 40, 400x400, 2 steps."
+    "[bold]Defaults[/]: the papers' PASCAL settings: IMR/HSNet Adam lr 4e-4, batch 40, 400x400, 2 steps; "
+    "PSPNet SGD lr 2.5e-3 cosine, momentum 0.9, weight decay 1e-4, batch 12, 473x473, mirror, 100 epochs."
 )
 
 
@@ -133,7 +136,9 @@ def refine(
 @handles_errors
 def pretrain(
     out: Out,
-    method: Annotated[Literal["imr-hsnet", "hsnet"], typer.Option("--method", help="What to train.")],
+    method: Annotated[
+        Literal["imr-hsnet", "hsnet", "pspnet"], typer.Option("--method", help="What to train.")
+    ],
     dataset: Annotated[DatasetName, typer.Option("--dataset", help="Dataset layout.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset folder.")],
     fold: Annotated[int, typer.Option("--fold", help="Fold whose classes are held out (novel).")] = 0,
@@ -177,6 +182,49 @@ def pretrain(
         int | None, typer.Option("--n-folds", help="Folds for datasets without published ones.")
     ] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny learner widths (tests, smoke runs).")] = False,
+    momentum: Annotated[
+        float, typer.Option("--momentum", help="pspnet: SGD momentum.", rich_help_panel="pspnet")
+    ] = 0.9,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", help="pspnet.", rich_help_panel="pspnet")
+    ] = 1e-4,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", help="pspnet: CE label smoothing.", rich_help_panel="pspnet")
+    ] = 0.1,
+    contrastive: Annotated[
+        float,
+        typer.Option(
+            "--contrastive",
+            help="pspnet: lambda of the pixel InfoNCE loss (0: the baseline; the report searched 0.01-0.4).",
+            rich_help_panel="pspnet",
+        ),
+    ] = 0.0,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="pspnet: InfoNCE temperature.", rich_help_panel="pspnet")
+    ] = 0.1,
+    base_temperature: Annotated[
+        float, typer.Option("--base-temperature", help="pspnet: loss scale t/base.", rich_help_panel="pspnet")
+    ] = 0.07,
+    max_anchors: Annotated[
+        int,
+        typer.Option(
+            "--max-anchors",
+            help="pspnet: anchors per batch (half hard, half easy per class).",
+            rich_help_panel="pspnet",
+        ),
+    ] = 1024,
+    val_split: Annotated[
+        str | None,
+        typer.Option(
+            "--val-split",
+            help="pspnet: split for validation mIoU on background + base classes.",
+            rich_help_panel="pspnet",
+        ),
+    ] = None,
+    val_images: Annotated[
+        int | None,
+        typer.Option("--val-images", help="pspnet: cap on validation images.", rich_help_panel="pspnet"),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Require an unfinished run to continue.")] = False,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -214,6 +262,15 @@ def pretrain(
             min_area=min_area,
             n_folds=n_folds,
             tiny=tiny,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            label_smoothing=label_smoothing,
+            contrastive=contrastive,
+            temperature=temperature,
+            base_temperature=base_temperature,
+            max_anchors=max_anchors,
+            val_split=val_split,
+            val_images=val_images,
             resume=resume,
             device=device,
             precision=precision,
@@ -225,9 +282,82 @@ def pretrain(
 
     outputs = json.loads((path / "manifest.json").read_text())["outputs"]
     best = outputs["best_val_miou"]
+    seen = (
+        f"{outputs['training_pairs']} pairs"
+        if "training_pairs" in outputs
+        else f"{outputs['training_images']} images"
+    )
     console.print(
-        f"trained on {outputs['training_pairs']} pairs; best val mIoU "
-        f"{'n/a' if best is None else f'{best:.2f}'} -> {path / outputs['best']}",
+        f"trained on {seen}; best val mIoU {'n/a' if best is None else f'{best:.2f}'} -> "
+        f"{path / outputs['best']}",
         highlight=False,
         soft_wrap=True,
+    )
+
+
+FINETUNE_HELP = (
+    "Per-episode classifiers on a frozen PSPNet (transfer-learning FSS and GFSS, the GFSS report).\n\n"
+    "[bold]Reads[/]: --checkpoint (fsseg pretrain --method pspnet) and --episodes (fss, gfss-binary or gfss).\n\n"
+    "[bold]Writes[/] (--out): pred/<episode>.png (and <episode>_base.png for gfss-binary) for `fsseg evaluate "
+    "--task fss|gfss`, episodes/<episode>.json, manifest.json.\n\n"
+    "[bold]fss[/]: 2-way classifier, cross-entropy. [bold]gfss[/]: (|base|+2)-way, base rows from the pretrained "
+    "classifier, reformulated CE (Eq. 4-5) + --gamma x distillation (Eq. 6-7).\n\n"
+    "[bold]Defaults[/]: SGD lr 0.1, 100 steps, gamma 10, 473x473; --batch-episodes classifiers trained at once, "
+    "features cached per image."
+)
+
+
+@handles_errors
+def finetune_episode(
+    out: Out,
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="PSPNet checkpoint from fsseg pretrain.")],
+    episodes: Annotated[Path, typer.Option("--episodes", help="Episodes JSON (fsseg data episodes).")],
+    mode: Annotated[
+        Literal["fss", "gfss"], typer.Option("--mode", help="fss: 2-way; gfss: base + novel.")
+    ] = "fss",
+    root: Annotated[Path | None, typer.Option("--root", help="Dataset folder, if it moved.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="SGD steps per episode.")] = 100,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.1,
+    gamma: Annotated[float, typer.Option("--gamma", help="gfss: distillation weight.")] = 10.0,
+    img_size: Annotated[int, typer.Option("--img-size", help="Input side (the report: 473).")] = 473,
+    batch_episodes: Annotated[
+        int, typer.Option("--batch-episodes", min=1, help="Episodes trained at once.")
+    ] = 50,
+    feature_cache: Annotated[
+        int, typer.Option("--feature-cache", min=0, help="Images whose features stay cached.")
+    ] = 512,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    setup_logging(quiet, verbose)
+    from stages.finetune_episode import run_finetune_episode
+
+    with progress("episodes", quiet) as on_progress:
+        path = run_finetune_episode(
+            out,
+            checkpoint=checkpoint,
+            episodes=episodes,
+            root=root,
+            mode=mode,
+            steps=steps,
+            lr=lr,
+            gamma=gamma,
+            img_size=img_size,
+            batch_episodes=batch_episodes,
+            feature_cache=feature_cache,
+            device=device,
+            precision=precision,
+            seed=seed,
+            overwrite=overwrite,
+            on_progress=on_progress,
+        )
+    import json
+
+    outputs = json.loads((path / "manifest.json").read_text())["outputs"]
+    console.print(
+        f"{outputs['count']} episodes -> {path / outputs['predictions']}", highlight=False, soft_wrap=True
     )

@@ -104,7 +104,7 @@ def _check_ids(pred: np.ndarray, gt: np.ndarray, n: int, ignore: int, pred_path:
             f"ground truth {gt_name} has label id(s) {ids} outside 0..{n - 1} that are not the ignore index "
             f"{ignore}; check --num-classes and --ignore-index"
         )
-    bad_pred = (gt != ignore) & (pred >= n)
+    bad_pred = (gt != ignore) & (pred >= n) & (pred != ignore)  # the ignore id predicted = "no class": a miss
     if bad_pred.any():
         ids = ", ".join(str(v) for v in np.unique(pred[bad_pred])[:5])
         raise FssegError(

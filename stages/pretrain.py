@@ -40,7 +40,7 @@ from stages.models.backbones import NORMALISATION
 from stages.models.hsnet import HSNet, IMRHSNet
 
 log = logging.getLogger(__name__)
-METHODS = ("imr-hsnet", "hsnet")
+METHODS = ("imr-hsnet", "hsnet", "pspnet")
 
 
 class EpisodeData:
@@ -149,10 +149,10 @@ def run_pretrain(
     cams: str | Path | None = None,
     backbone: str = "resnet50",
     backbone_weights: str = "imagenet",
-    img_size: int = 400,
-    epochs: int = 200,
-    batch_size: int = 40,
-    lr: float = 4e-4,
+    img_size: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     steps: int = 2,
     lambda_t: Sequence[float] | None = None,
     w_s: float = 1.0,
@@ -162,6 +162,15 @@ def run_pretrain(
     min_area: int = DEFAULT_MIN_AREA,
     n_folds: int | None = None,
     tiny: bool = False,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    label_smoothing: float = 0.1,
+    contrastive: float = 0.0,
+    temperature: float = 0.1,
+    base_temperature: float = 0.07,
+    max_anchors: int = 1024,
+    val_split: str | None = None,
+    val_images: int | None = None,
     resume: bool = False,
     device: str = "auto",
     precision: str = "fp32",
@@ -170,11 +179,51 @@ def run_pretrain(
     on_progress: Callable[..., None] | None = None,
 ) -> Path:
     if method not in METHODS:
-        raise FssegError(f"--method {method!r} is not one of {', '.join(METHODS)} (pspnet: see the README)")
+        raise FssegError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     if method == "imr-hsnet" and cams is None:
         raise FssegError(
             "--cams is required for --method imr-hsnet: the clip-cam artifact of the training images "
             "(fsseg clip-cam --dataset ... --root ...)"
+        )
+    defaults = (
+        PSPNET_DEFAULTS
+        if method == "pspnet"
+        else {"img_size": 400, "epochs": 200, "batch_size": 40, "lr": 4e-4}
+    )
+    img_size = img_size or defaults["img_size"]
+    epochs = epochs or defaults["epochs"]
+    batch_size = batch_size or defaults["batch_size"]
+    lr = lr or defaults["lr"]
+    if method == "pspnet":
+        return _pretrain_pspnet_artifact(
+            out_dir,
+            dataset=dataset,
+            root=root,
+            fold=fold,
+            split=split,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            img_size=img_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            smoothing=label_smoothing,
+            contrastive=contrastive,
+            temperature=temperature,
+            base_temperature=base_temperature,
+            max_anchors=max_anchors,
+            val_split=val_split,
+            val_images=val_images,
+            n_folds=n_folds,
+            tiny=tiny,
+            resume=resume,
+            device=device,
+            precision=precision,
+            seed=seed,
+            overwrite=overwrite,
+            on_progress=on_progress,
         )
     lambdas = list(lambda_t) if lambda_t else [1.0] * steps
     if len(lambdas) != steps:
@@ -389,3 +438,356 @@ def _loss_png(path: Path, history: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- PSPNet (GFSS report)
+PSPNET_DEFAULTS = {"img_size": 473, "epochs": 100, "batch_size": 12, "lr": 2.5e-3}
+
+
+class SegmentationData:
+    """Training samples with labels remapped: background 0 (the dataset's background and every
+    novel class), base classes 1..B in order, ignored pixels 255."""
+
+    def __init__(self, dataset, base: Sequence[int], size: int, backbone: str):
+        self.ds, self.size = dataset, size
+        self.mean, self.std = NORMALISATION.get(backbone, NORMALISATION["resnet50"])
+        self.lut = np.zeros(256, np.int64)
+        for k, c in enumerate(base, 1):
+            self.lut[c] = k
+        self.lut[dataset.ignore_index] = 255
+
+    def __call__(self, image_id: str, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.ds.sample(image_id)
+        image = torch.from_numpy(read_image(sample.image)).permute(2, 0, 1)[None].float().div(255)
+        image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=True)[0]
+        image = (image - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        label = torch.from_numpy(self.lut[self.ds.load_label(sample)])[None, None].float()
+        label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
+        if flip:
+            image, label = image.flip(-1), label.flip(-1)
+        return image, label
+
+
+class PSPNetLoss(torch.nn.Module):
+    """CE with label smoothing + lambda * pixel InfoNCE on sampled anchors (the report's Eq. 3)."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        smoothing: float,
+        contrastive: float,
+        temperature: float,
+        base_temperature: float,
+        max_anchors: int,
+    ):
+        super().__init__()
+        self.model, self.smoothing, self.contrastive = model, smoothing, contrastive
+        self.temperature, self.base_temperature, self.max_anchors = temperature, base_temperature, max_anchors
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+        from stages.models.pspnet import pixel_info_nce, sample_anchors
+
+        feats, logits = self.model(images)
+        up = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=True)
+        loss = F.cross_entropy(up, labels, ignore_index=255, label_smoothing=self.smoothing)
+        if self.contrastive > 0:
+            small = F.interpolate(labels[:, None].float(), size=feats.shape[-2:], mode="nearest")[:, 0].long()
+            emb = F.normalize(self.model.projection(feats).float(), dim=1)
+            emb = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+            idx = sample_anchors(small, logits.argmax(1), max_anchors=self.max_anchors, generator=generator)
+            if len(idx) > 1:
+                loss = loss + self.contrastive * pixel_info_nce(
+                    emb[idx],
+                    small.reshape(-1)[idx],
+                    temperature=self.temperature,
+                    base_temperature=self.base_temperature,
+                )
+        return loss
+
+
+def run_pretrain_pspnet(
+    art,
+    *,
+    ds,
+    base,
+    backbone,
+    backbone_weights,
+    img_size,
+    epochs,
+    batch_size,
+    lr,
+    momentum,
+    weight_decay,
+    smoothing,
+    contrastive,
+    temperature,
+    base_temperature,
+    max_anchors,
+    val_split,
+    val_images,
+    tiny,
+    dist,
+    dev,
+    precision,
+    seed,
+    model_kwargs,
+    on_progress,
+) -> dict:
+    """The PSPNet training loop (inside an open artifact); returns the manifest outputs."""
+    from stages.models.pspnet import PSPNet
+
+    model = PSPNet(**(model_kwargs | {"backbone_weights": backbone_weights})).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    last = art.path / "checkpoints" / "last.pt"
+    start_epoch, best, history = 0, -1.0, []
+    if last.is_file():
+        state = load_checkpoint(last, dev)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        log.info("resuming from %s at epoch %d", last, start_epoch + 1)
+    net = PSPNetLoss(
+        model,
+        smoothing=smoothing,
+        contrastive=contrastive,
+        temperature=temperature,
+        base_temperature=base_temperature,
+        max_anchors=max_anchors,
+    )
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    data = SegmentationData(ds, base, img_size, backbone)
+    ids = [s.id for s in ds.samples()]
+    per_rank = max(1, batch_size // dist.world_size)
+    iters_per_epoch = -(-len(distributed.shard(ids, dist)) // per_rank)
+    total_iters = epochs * iters_per_epoch
+    val_ds = open_dataset(ds.name, ds.root, val_split) if val_split else None
+    for epoch in range(start_epoch, epochs):
+        rng = np.random.default_rng([seed, epoch])
+        order = [ids[k] for k in rng.permutation(len(ids))]
+        flips = rng.random(len(order)) < 0.5
+        mine = distributed.shard(list(zip(order, flips, strict=True)), dist)
+        model.train()
+        started, losses = time.time(), []
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        for b, batch in enumerate(_batches(mine, per_rank)):
+            it = epoch * iters_per_epoch + b
+            for group in optimizer.param_groups:  # cosine decay per iteration
+                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * it / total_iters))
+            pairs = [data(i, bool(f)) for i, f in batch]
+            images = torch.stack([p[0] for p in pairs]).to(dev)
+            labels = torch.stack([p[1] for p in pairs]).to(dev)
+            with devices.autocast(dev, precision):
+                loss = net(images, labels, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if on_progress is not None:
+                on_progress(
+                    it + 1,
+                    total_iters,
+                    status=f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f}"
+                    + (f" best val mIoU {100 * best:.1f}" if best >= 0 else ""),
+                )
+        val = (
+            _pspnet_val(model, val_ds, base, img_size, backbone, val_images, dist, dev, precision)
+            if val_ds
+            else None
+        )
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "seconds": time.time() - started,
+            "val_miou": None if val is None else 100 * val,
+        }
+        history.append(row)
+        improved = val is None or val > best
+        best = max(best, val) if val is not None else best
+        log.info(
+            "epoch %d/%d: loss %.4f%s",
+            epoch + 1,
+            epochs,
+            row["loss"],
+            "" if val is None else f", val mIoU (background + base) {100 * val:.2f}",
+        )
+        if dist.is_main:
+            if improved:
+                save_checkpoint(
+                    art.file("checkpoints/best.pt"),
+                    model,
+                    model_name="pspnet",
+                    model_kwargs=model_kwargs,
+                    extra={"epoch": epoch, "val_miou": row["val_miou"], "base_classes": list(base)},
+                )
+            save_checkpoint(
+                art.file("checkpoints/last.pt"),
+                model,
+                model_name="pspnet",
+                model_kwargs=model_kwargs,
+                optimizer=optimizer,
+                step=epoch,
+                extra={"epoch": epoch, "best": best, "history": history, "base_classes": list(base)},
+            )
+            atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+        distributed.barrier(dist)
+    if dist.is_main:
+        _loss_png(art.file("loss.png"), history)
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    return {
+        "best": "checkpoints/best.pt",
+        "last": "checkpoints/last.pt",
+        "log": "log.jsonl",
+        "training_images": len(ids),
+        "best_val_miou": None if best < 0 else 100 * best,
+        "history": history,
+        "rank_weight_checksums": distributed.all_gather_objects(checksum, dist),
+    }
+
+
+def _pspnet_val(model, ds, base, size, backbone, limit, dist, dev, precision) -> float:
+    """mIoU over background + base classes on (up to `limit`) validation images."""
+    from stages.core.metrics import ConfusionMatrix
+
+    data = SegmentationData(ds, base, size, backbone)
+    ids = [s.id for s in ds.samples()][: limit or None]
+    cm = ConfusionMatrix(len(base) + 1)
+    model.eval()
+    with torch.no_grad(), devices.autocast(dev, precision):
+        for image_id in distributed.shard(ids, dist):
+            image, label = data(image_id)
+            logits = model(image[None].to(dev))[1]
+            pred = F.interpolate(
+                logits.float(), size=label.shape, mode="bilinear", align_corners=True
+            ).argmax(1)[0]
+            cm.update(pred.cpu().numpy(), label.numpy(), 255)
+    total = ConfusionMatrix(len(base) + 1)
+    for part in distributed.all_gather_objects(cm, dist):
+        total = total + part
+    return total.miou()
+
+
+def _pretrain_pspnet_artifact(
+    out_dir,
+    *,
+    dataset,
+    root,
+    fold,
+    split,
+    backbone,
+    backbone_weights,
+    img_size,
+    epochs,
+    batch_size,
+    lr,
+    momentum,
+    weight_decay,
+    smoothing,
+    contrastive,
+    temperature,
+    base_temperature,
+    max_anchors,
+    val_split,
+    val_images,
+    n_folds,
+    tiny,
+    resume,
+    device,
+    precision,
+    seed,
+    overwrite,
+    on_progress,
+) -> Path:
+    if backbone not in ("resnet50", "efficientnet_lite0", "tiny"):
+        raise FssegError(
+            f"--backbone {backbone} is not available for pspnet; use resnet50, efficientnet_lite0 or tiny"
+        )
+    if contrastive < 0 or temperature <= 0 or max_anchors < 2:
+        raise FssegError("--contrastive must be >= 0, --temperature > 0 and --max-anchors >= 2")
+    dev = devices.resolve_device(device)
+    devices.check_precision(precision, dev)
+    dist = distributed.init_distributed(dev.type)
+    devices.seed_everything(seed)
+    ds = open_dataset(dataset, root, split)
+    novel = ds.fold_classes(fold, n_folds)
+    base = [c for c in ds.foreground_classes() if c not in novel]
+    model_kwargs = {
+        "backbone": backbone,
+        "backbone_weights": None,
+        "num_classes": len(base) + 1,
+        "bottleneck": 32 if tiny else 512,
+        "proj_dim": 16 if tiny else 128,
+    }
+    params = {
+        "method": "pspnet",
+        "dataset": dataset,
+        "split": ds.split,
+        "fold": fold,
+        "n_folds": n_folds,
+        "base_classes": base,
+        "backbone": backbone,
+        "backbone_weights": str(backbone_weights),
+        "img_size": img_size,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": "sgd",
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "schedule": "cosine",
+        "augmentation": "random mirror",
+        "label_smoothing": smoothing,
+        "contrastive_lambda": contrastive,
+        "temperature": temperature,
+        "base_temperature": base_temperature,
+        "max_anchors": max_anchors,
+        "val_split": val_split,
+        "val_images": val_images,
+        "tiny": tiny,
+        "precision": precision,
+        "model_kwargs": model_kwargs,
+    }
+    with open_artifact(
+        out_dir,
+        kind="checkpoint",
+        stage="pretrain",
+        params=params,
+        inputs=[root],
+        seed=seed,
+        overwrite=overwrite,
+    ) as art:
+        if art.up_to_date:
+            return art.path
+        if resume and not (art.path / "checkpoints" / "last.pt").is_file():
+            raise FssegError(f"--resume: no {art.path / 'checkpoints' / 'last.pt'} to resume from")
+        outputs = run_pretrain_pspnet(
+            art,
+            ds=ds,
+            base=base,
+            backbone=backbone,
+            backbone_weights=backbone_weights,
+            img_size=img_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            smoothing=smoothing,
+            contrastive=contrastive,
+            temperature=temperature,
+            base_temperature=base_temperature,
+            max_anchors=max_anchors,
+            val_split=val_split,
+            val_images=val_images,
+            tiny=tiny,
+            dist=dist,
+            dev=dev,
+            precision=precision,
+            seed=seed,
+            model_kwargs=model_kwargs,
+            on_progress=on_progress,
+        )
+        label_map = {"0": "background"} | {str(k): ds.class_names[c] for k, c in enumerate(base, 1)}
+        return art.finish(outputs=outputs, label_map=label_map, device=devices.describe(dev))

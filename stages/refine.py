@@ -370,17 +370,27 @@ def _evolution(query, support, q_steps, s_steps, zero_shot: bool) -> list[list[n
 
 
 def _grid(rows: list[list[np.ndarray]], side: int = 220) -> np.ndarray:
+    """Tiles fitted into side x side squares, captioned: rows support / query, columns initial / step t."""
     import cv2
 
-    def fit(img):
+    names = ["support", "query"] if len(rows) == 2 else ["query"]
+
+    def fit(img, caption):
         h, w = img.shape[:2]
         scale = side / max(h, w)
         img = cv2.resize(img, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
         canvas = np.full((side, side, 3), 255, np.uint8)
         canvas[: img.shape[0], : img.shape[1]] = img
+        cv2.rectangle(canvas, (0, side - 18), (side, side), (255, 255, 255), -1)
+        cv2.putText(canvas, caption, (4, side - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
         return canvas
 
-    return np.vstack([np.hstack([fit(t) for t in row]) for row in rows])
+    return np.vstack(
+        [
+            np.hstack([fit(t, f"{name}: {'initial' if k == 0 else f'step {k}'}") for k, t in enumerate(row)])
+            for name, row in zip(names, rows, strict=True)
+        ]
+    )
 
 
 def _cam_lookup(cams_dir, artifact, compute: Callable[[np.ndarray, str], np.ndarray] | None):

@@ -35,6 +35,10 @@ class ConfusionMatrix:
         valid = gt < n
         if ignore_index is not None:
             valid &= gt != ignore_index
+        unassigned = valid & (pred >= n)  # a prediction of "none of these classes": a miss, not a class
+        if unassigned.any():
+            self.missed += np.bincount(gt[unassigned].astype(np.int64), minlength=n)
+            valid &= ~unassigned
         codes = gt[valid].astype(np.int64) * n + pred[valid].astype(np.int64)
         self.matrix += np.bincount(codes, minlength=n * n).reshape(n, n)
         return self

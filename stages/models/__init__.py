@@ -12,6 +12,7 @@ from typing import Any
 MODELS: dict[str, str | Callable[..., Any]] = {
     "imr_hsnet": "stages.models.hsnet:IMRHSNet",
     "hsnet": "stages.models.hsnet:HSNet",
+    "pspnet": "stages.models.pspnet:PSPNet",
 }
 
 

@@ -1,0 +1,358 @@
+"""`fsseg finetune-episode`: per-episode classifiers on a frozen PSPNet (the GFSS report).
+
+Reads:  a PSPNet checkpoint (`fsseg pretrain --method pspnet`) and an episodes file.
+Writes: `pred/<episode:05d>.png` (and `pred/<episode:05d>_base.png` for gfss-binary episodes)
+        for `fsseg evaluate --task fss|gfss`, `episodes/<episode:05d>.json` (class, supports,
+        final loss), `manifest.json` (kind "finetune").
+Algorithm: backbone frozen; features (the 512-channel PSPNet feature at output stride 8) are
+        computed once per image and cached; support labels are taken at the feature
+        resolution (nearest). A new 1x1 classifier per episode, trained with plain SGD
+        (lr 0.1, 100 steps), many episodes at once (their losses are summed, so each episode
+        gets exactly its own gradient).
+        fss:  2-way (background, novel), cross-entropy.
+        gfss: (|base| + 2)-way (background, base classes from the pretrained classifier, novel;
+              with the standard protocol one novel row per novel class), loss = reformulated
+              CE (Eq. 4-5: foreground = the support's class column, background = the sum of all
+              other columns) + gamma * distillation (Eq. 6-7: the pretrained background
+              probability equals the new background plus the novel classes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.core import devices
+from stages.core.artifacts import atomic_write_json, open_artifact, read_manifest, run_items
+from stages.core.checkpoints import build_from_checkpoint
+from stages.core.datasets import open_dataset
+from stages.core.episodes import read_episodes
+from stages.core.errors import FssegError
+from stages.core.imageio import read_image, write_label
+from stages.models.backbones import NORMALISATION
+
+log = logging.getLogger(__name__)
+
+
+def reformulated_ce(
+    logits: torch.Tensor, target: torch.Tensor, column: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 4-5 per episode. logits (E, N, K); target (E, N), 1 = foreground; column (E, N): each
+    pixel's foreground column (its support's class); valid (E, N). The background probability
+    is the sum of every other column. Returns (E,)."""
+    logp = logits.log_softmax(-1)
+    fg = logp.gather(-1, column[..., None])[..., 0]
+    bg = torch.logsumexp(logp.scatter(-1, column[..., None], float("-inf")), -1)
+    per_pixel = -torch.where(target == 1, fg, bg)
+    return (per_pixel * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def distillation(
+    logits: torch.Tensor, teacher: torch.Tensor, n_old: int, valid: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 6-7 per episode. logits (E, N, K) with columns [background, base..., novel...];
+    teacher (E, N, n_old) pretrained probabilities over [background, base...]. The student's
+    old-background probability is its background plus every novel column. Returns (E,)."""
+    p = logits.softmax(-1)
+    old = torch.cat([p[..., :1] + p[..., n_old:].sum(-1, keepdim=True), p[..., 1:n_old]], -1)
+    per_pixel = -(teacher * old.clamp(min=1e-12).log()).sum(-1)
+    return (per_pixel * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+class Features:
+    """Frozen PSPNet features and pretrained probabilities per image, cached (LRU)."""
+
+    def __init__(self, model, dataset, size: int, backbone: str, device, precision: str, capacity: int):
+        self.model, self.ds, self.size, self.device, self.precision = model, dataset, size, device, precision
+        self.mean, self.std = NORMALISATION.get(backbone, NORMALISATION["resnet50"])
+        self.capacity, self.store = capacity, OrderedDict()
+
+    def __call__(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """(features (512, h, w), pretrained probabilities (K0, h, w), original image size)."""
+        if image_id in self.store:
+            self.store.move_to_end(image_id)
+            return self.store[image_id]
+        image = read_image(self.ds.sample(image_id).image)
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)
+        x = ((x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)).to(
+            self.device
+        )
+        with torch.no_grad(), devices.autocast(self.device, self.precision):
+            feats, logits = self.model(x)
+        entry = (feats[0].float(), logits[0].float().softmax(0), image.shape[:2])
+        if self.capacity:
+            self.store[image_id] = entry
+            while len(self.store) > self.capacity:
+                self.store.popitem(last=False)
+        return entry
+
+
+def _support_pixels(feats: Features, ds, image_id: str, cls: int):
+    """Feature vectors (N, D), binary targets (N,) (255 = ignored) and teacher probs (N, K0)."""
+    f, teacher, _ = feats(image_id)
+    label = torch.from_numpy(ds.load_label(ds.sample(image_id)).astype(np.int64))[None, None].float()
+    label = F.interpolate(label, size=f.shape[-2:], mode="nearest")[0, 0].long()
+    target = torch.where(label == ds.ignore_index, 255, (label == cls).long()).to(f.device)
+    return f.flatten(1).T, target.flatten(), teacher.flatten(1).T
+
+
+def train_classifiers(
+    x,
+    target,
+    valid,
+    teacher,
+    init_w,
+    init_b,
+    column,
+    *,
+    mode: str,
+    steps: int,
+    lr: float,
+    gamma: float,
+    n_old: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Plain SGD on E classifiers at once. x (E, N, D), target/valid/column (E, N), teacher (E, N, n_old).
+    Returns (weights (E, K, D), bias (E, K), final loss per episode (E,))."""
+    w = init_w.clone().requires_grad_(True)
+    b = init_b.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([w, b], lr=lr)
+    for _ in range(steps):
+        logits = torch.einsum("end,ekd->enk", x, w) + b[:, None, :]
+        if mode == "fss":
+            per_pixel = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            loss = (per_pixel * valid).sum(1) / valid.sum(1).clamp(min=1)
+        else:
+            loss = reformulated_ce(logits, target, column, valid)
+            if gamma > 0:
+                loss = loss + gamma * distillation(logits, teacher, n_old, valid)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # episodes are independent: each gets exactly its own gradient
+        optimizer.step()
+    return w.detach(), b.detach(), loss.detach()
+
+
+def run_finetune_episode(
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path,
+    episodes: str | Path,
+    root: str | Path | None = None,
+    mode: str = "fss",
+    steps: int = 100,
+    lr: float = 0.1,
+    gamma: float = 10.0,
+    img_size: int = 473,
+    batch_episodes: int = 50,
+    feature_cache: int = 512,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    overwrite: bool = False,
+    on_progress: Callable[..., None] | None = None,
+) -> Path:
+    if mode not in ("fss", "gfss"):
+        raise FssegError(f"--mode {mode!r} is not fss or gfss")
+    doc = read_episodes(episodes)
+    if mode == "gfss" and doc["protocol"] == "fss":
+        raise FssegError(
+            f"{episodes} holds fss episodes; --mode gfss needs `fsseg data episodes --protocol gfss` "
+            f"(or gfss-binary)"
+        )
+    if mode == "fss" and doc["protocol"] == "gfss":
+        raise FssegError(f"{episodes} holds gfss episodes (every novel class per episode); use --mode gfss")
+    devices.seed_everything(seed)
+    dev = devices.resolve_device(device)
+    devices.check_precision(precision, dev)
+    model, data = build_from_checkpoint(checkpoint, dev)
+    if data["model_name"] != "pspnet":
+        raise FssegError(
+            f"{checkpoint} holds a {data['model_name']} model; finetune-episode needs a pspnet checkpoint "
+            f"(fsseg pretrain --method pspnet)"
+        )
+    model = model.to(dev).eval()
+    base = list(data.get("base_classes") or [])
+    ckpt_dir = Path(checkpoint).parent.parent
+    if (ckpt_dir / "manifest.json").is_file():
+        read_manifest(ckpt_dir, "checkpoint")
+    if base and base != doc["base_classes"]:
+        raise FssegError(
+            f"{checkpoint} was trained on base classes {base} but the episodes' base classes are "
+            f"{doc['base_classes']}; use episodes of the same fold"
+        )
+    base = doc["base_classes"]
+    ds = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
+    params: dict[str, Any] = {
+        "mode": mode,
+        "protocol": doc["protocol"],
+        "steps": steps,
+        "lr": lr,
+        "optimizer": "sgd",
+        "gamma": gamma if mode == "gfss" else None,
+        "img_size": img_size,
+        "batch_episodes": batch_episodes,
+        "feature_cache": feature_cache,
+        "precision": precision,
+        "root": str(root) if root else None,
+    }
+    with open_artifact(
+        out_dir,
+        kind="finetune",
+        stage="finetune-episode",
+        params=params,
+        inputs=[checkpoint, episodes],
+        seed=seed,
+        overwrite=overwrite,
+    ) as art:
+        if art.up_to_date:
+            return art.path
+        feats = Features(model, ds, img_size, data["model_kwargs"]["backbone"], dev, precision, feature_cache)
+        classifier = model.classifier
+        old_w = classifier.weight.detach()[:, :, 0, 0].float()
+        old_b = classifier.bias.detach().float()
+        indices = list(range(len(doc["episodes"])))
+        chunks = [
+            indices[i : i + max(1, batch_episodes)] for i in range(0, len(indices), max(1, batch_episodes))
+        ]
+        done = 0
+
+        def work(chunk: list[int]) -> None:
+            nonlocal done
+            _run_chunk(art, chunk, doc, ds, feats, old_w, old_b, base, mode, steps, lr, gamma, dev)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, len(indices))
+
+        run_items(art, chunks, done=lambda c: all(art.has(f"episodes/{i:05d}.json") for i in c), work=work)
+        return art.finish(
+            outputs={"predictions": "pred", "episodes": "episodes", "count": len(indices)},
+            label_map={str(i): n for i, n in enumerate(doc["class_names"])},
+            device=devices.describe(dev),
+        )
+
+
+def _run_chunk(art, chunk, doc, ds, feats, old_w, old_b, base, mode, steps, lr, gamma, dev) -> None:
+    """Train and apply the classifiers of a chunk of episodes at once."""
+    n_old = len(base) + 1
+    rows = []  # per training unit: (episode index, novel classes of the episode, [(support id, class)])
+    for i in chunk:
+        ep = doc["episodes"][i]
+        if "supports" in ep:  # standard gfss: every novel class
+            novel = [int(c) for c in ep["supports"]]
+            shots = [(sid, int(c)) for c, ids in ep["supports"].items() for sid in ids]
+        else:
+            novel, shots = [ep["class"]], [(sid, ep["class"]) for sid in ep["support"]]
+        rows.append((i, novel, shots))
+    n_novel = max(len(r[1]) for r in rows)
+    xs, ts, teachers, columns = [], [], [], []
+    for _, novel, shots in rows:
+        # one training unit per episode; gfss standard trains every novel class's shots in one classifier,
+        # each support pixel labelled for its own class (its column)
+        x, t, te, col = [], [], [], []
+        for sid, c in shots:
+            fx, ft, fte = _support_pixels(feats, ds, sid, c)
+            x.append(fx)
+            t.append(ft)
+            te.append(fte)
+            col.append(torch.full_like(ft, 1 if mode == "fss" else n_old + novel.index(c)))
+        (
+            xs.append(torch.cat(x)),
+            ts.append(torch.cat(t)),
+            teachers.append(torch.cat(te)),
+            columns.append(torch.cat(col)),
+        )
+    n_max = max(len(x) for x in xs)
+    d = xs[0].shape[1]
+    e = len(rows)
+    x = torch.zeros(e, n_max, d, device=dev)
+    target = torch.zeros(e, n_max, dtype=torch.long, device=dev)
+    valid = torch.zeros(e, n_max, device=dev)
+    teacher = torch.zeros(e, n_max, n_old, device=dev)
+    column_px = torch.zeros(e, n_max, dtype=torch.long, device=dev)
+    for j, (fx, ft, fte, fc) in enumerate(zip(xs, ts, teachers, columns, strict=True)):
+        n = len(fx)
+        x[j, :n], target[j, :n], teacher[j, :n], column_px[j, :n] = fx, ft.clamp(max=1), fte, fc
+        valid[j, :n] = (ft != 255).float()
+    if mode == "fss":
+        init_w, init_b = torch.zeros(e, 2, d, device=dev), torch.zeros(e, 2, device=dev)
+    else:  # background and base rows from the pretrained classifier, novel rows new
+        init_w = torch.cat([old_w, torch.zeros(n_novel, d, device=dev)]).expand(e, -1, -1).contiguous()
+        init_b = torch.cat([old_b, torch.zeros(n_novel, device=dev)]).expand(e, -1).contiguous()
+    w, b, loss = train_classifiers(
+        x,
+        target,
+        valid,
+        teacher,
+        init_w,
+        init_b,
+        column_px,
+        mode=mode,
+        steps=steps,
+        lr=lr,
+        gamma=gamma,
+        n_old=n_old,
+    )
+    for j, (i, novel, shots) in enumerate(rows):
+        ep = doc["episodes"][i]
+        _predict(
+            art,
+            f"pred/{i:05d}.png",
+            feats,
+            ep["query"],
+            w[j],
+            b[j],
+            mode,
+            doc,
+            base,
+            novel,
+            binary_column=None if mode == "fss" or "supports" in ep else n_old,
+        )
+        if mode == "gfss" and ep.get("base_query"):
+            _predict(
+                art,
+                f"pred/{i:05d}_base.png",
+                feats,
+                ep["base_query"],
+                w[j],
+                b[j],
+                "gfss",
+                doc,
+                base,
+                novel,
+                binary_column=None,
+            )
+        atomic_write_json(
+            art.file(f"episodes/{i:05d}.json"),
+            {
+                "episode": i,
+                "novel_classes": novel,
+                "supports": [s for s, _ in shots],
+                "query": ep["query"],
+                "final_loss": float(loss[j]),
+            },
+        )
+
+
+def _predict(art, relpath, feats, image_id, w, b, mode, doc, base, novel, binary_column) -> None:
+    f, _, shape = feats(image_id)
+    logits = torch.einsum("dhw,kd->khw", f, w) + b[:, None, None]
+    logits = F.interpolate(logits[None], size=shape, mode="bilinear", align_corners=True)[0]
+    arg = logits.argmax(0).cpu().numpy()
+    if mode == "fss":
+        write_label(art.file(relpath), (arg == 1).astype(np.uint8))
+        return
+    if binary_column is not None:  # gfss-binary query: novel vs the rest
+        write_label(art.file(relpath), (arg == binary_column).astype(np.uint8))
+        return
+    background = (
+        doc["background"] if doc["background"] is not None else doc["ignore_index"]
+    )  # "none of these"
+    ids = np.array([background, *base, *novel], dtype=np.int64)
+    write_label(art.file(relpath), ids[arg].astype(np.uint8))

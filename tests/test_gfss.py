@@ -1,0 +1,242 @@
+"""PSPNet pretraining with the pixel contrastive loss, and per-episode fine-tuning (FSS / GFSS)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stages.finetune_episode import distillation, reformulated_ce, train_classifiers
+from stages.models.pspnet import PSPNet, pixel_info_nce, sample_anchors
+from tests.conftest import error_line, make_voc_tree, run_fsseg
+
+
+def test_info_nce_equals_a_loop():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(9, 5), dim=1)
+    labels = torch.tensor([1, 1, 2, 2, 2, 3, 1, 3, 4])  # class 4 has no positive: not an anchor
+    t, base = 0.1, 0.07
+    losses = []
+    for i in range(len(labels)):
+        pos = [j for j in range(len(labels)) if j != i and labels[j] == labels[i]]
+        neg = [j for j in range(len(labels)) if labels[j] != labels[i]]
+        if not pos:
+            continue
+        terms = []
+        for p in pos:
+            num = math.exp(float(emb[i] @ emb[p]) / t)
+            den = num + sum(math.exp(float(emb[i] @ emb[n]) / t) for n in neg)
+            terms.append(-math.log(num / den))
+        losses.append(sum(terms) / len(terms))
+    expected = (t / base) * sum(losses) / len(losses)
+    assert float(pixel_info_nce(emb, labels, temperature=t, base_temperature=base)) == pytest.approx(
+        expected, rel=1e-5
+    )
+
+
+def test_anchor_sampler_never_picks_background_or_ignored():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2, 16, 16))
+    labels[0, :3] = 255
+    preds = torch.randint(0, 4, (2, 16, 16))
+    idx = sample_anchors(labels, preds, max_anchors=60, generator=gen)
+    chosen = labels.reshape(-1)[idx]
+    assert len(idx) > 0 and not ((chosen == 0) | (chosen == 255)).any()
+    assert len(set(idx.tolist())) == len(idx) and len(idx) <= 60
+    for c in (1, 2, 3):  # half hard (misclassified), half easy per class, when both exist
+        mine = idx[chosen == c]
+        hard = (preds.reshape(-1)[mine] != c).sum()
+        assert 0 < hard < len(mine)
+
+
+def test_contrastive_gradients_reach_the_projection_and_backbone():
+    torch.manual_seed(0)
+    model = PSPNet(backbone="tiny", backbone_weights=None, num_classes=3, bottleneck=16, proj_dim=8)
+    x = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    feats, logits = model(x)
+    emb = torch.nn.functional.normalize(model.projection(feats), dim=1).permute(0, 2, 3, 1).reshape(-1, 8)
+    idx = sample_anchors(labels, logits.argmax(1), max_anchors=64)
+    pixel_info_nce(emb[idx], labels.reshape(-1)[idx]).backward()
+    assert model.projection[0].weight.grad.abs().sum() > 0
+    assert model.backbone.net.body[0][0].weight.grad.abs().sum() > 0
+
+
+def test_reformulated_ce_and_distillation_by_hand():
+    logits = torch.tensor([[[1.0, 2.0, 0.5, 3.0], [0.2, 0.1, 2.0, -1.0]]])  # 1 episode, 2 pixels, K = 4
+    p = logits.softmax(-1)[0]
+    target = torch.tensor([[1, 0]])
+    column = torch.tensor([[3, 3]])  # the novel class sits in column 3
+    valid = torch.ones(1, 2)
+    expected_ce = (
+        -math.log(float(p[0, 3])) - math.log(1 - float(p[1, 3]))
+    ) / 2  # Eq. 4: fg = novel, bg = the rest
+    assert float(reformulated_ce(logits, target, column, valid)) == pytest.approx(expected_ce, rel=1e-6)
+    teacher = torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]])  # over [background, base1, base2]
+    expected_kd = 0.0
+    for i in range(2):
+        old = [p[i, 0] + p[i, 3], p[i, 1], p[i, 2]]  # Eq. 7: old background = background + novel
+        expected_kd += -sum(float(teacher[0, i, c]) * math.log(float(old[c])) for c in range(3))
+    assert float(distillation(logits, teacher, 3, valid)) == pytest.approx(expected_kd / 2, rel=1e-6)
+
+
+def test_batched_classifiers_equal_one_at_a_time():
+    torch.manual_seed(0)
+    e, n, d = 4, 30, 6
+    x = torch.randn(e, n, d)
+    target = torch.randint(0, 2, (e, n))
+    valid = (torch.rand(e, n) > 0.1).float()
+    teacher = torch.rand(e, n, 3).softmax(-1)
+    column = torch.full((e, n), 3)
+    init_w, init_b = torch.randn(e, 4, d) * 0.1, torch.zeros(e, 4)
+    w, b, loss = train_classifiers(
+        x, target, valid, teacher, init_w, init_b, column, mode="gfss", steps=20, lr=0.1, gamma=10.0, n_old=3
+    )
+    for k in range(e):
+        wk, bk, lk = train_classifiers(
+            x[k : k + 1],
+            target[k : k + 1],
+            valid[k : k + 1],
+            teacher[k : k + 1],
+            init_w[k : k + 1],
+            init_b[k : k + 1],
+            column[k : k + 1],
+            mode="gfss",
+            steps=20,
+            lr=0.1,
+            gamma=10.0,
+            n_old=3,
+        )
+        torch.testing.assert_close(wk[0], w[k], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lk[0], loss[k], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("gfss")
+    env = {"FSSEG_CACHE": str(base / "cache")}
+    root = make_voc_tree(base / "VOC2012")
+    run_fsseg(
+        "pretrain",
+        "--method",
+        "pspnet",
+        "--dataset",
+        "pascal",
+        "--root",
+        root,
+        "--split",
+        "all",
+        "--fold",
+        0,
+        "--backbone",
+        "tiny",
+        "--backbone-weights",
+        "random",
+        "--tiny",
+        "--img-size",
+        64,
+        "--epochs",
+        2,
+        "--batch-size",
+        4,
+        "--contrastive",
+        0.1,
+        "--val-split",
+        "all",
+        "--out",
+        base / "psp",
+        env=env,
+        check=True,
+    )
+    for protocol in ("fss", "gfss-binary"):
+        run_fsseg(
+            "data",
+            "episodes",
+            "pascal",
+            "--root",
+            root,
+            "--split",
+            "all",
+            "--fold",
+            0,
+            "--n",
+            8,
+            "--min-area",
+            500,
+            "--protocol",
+            protocol,
+            "--out",
+            base / f"{protocol}.json",
+            env=env,
+            check=True,
+        )
+    return {"base": base, "env": env, "ckpt": base / "psp" / "checkpoints" / "best.pt"}
+
+
+def test_pspnet_pretrain_artifact(trained):
+    manifest = json.loads((trained["base"] / "psp" / "manifest.json").read_text())
+    assert manifest["params"]["contrastive_lambda"] == 0.1 and manifest["params"]["optimizer"] == "sgd"
+    assert manifest["label_map"]["0"] == "background" and len(manifest["outputs"]["history"]) == 2
+    assert all(r["val_miou"] is not None for r in manifest["outputs"]["history"])
+
+
+def test_finetune_fss_and_gfss_then_evaluate(trained, tmp_path):
+    b, env = trained["base"], trained["env"]
+    for mode, protocol, batch in (("fss", "fss", 50), ("fss", "fss", 1), ("gfss", "gfss-binary", 50)):
+        out = tmp_path / f"{mode}-{batch}"
+        run_fsseg(
+            "finetune-episode",
+            "--checkpoint",
+            trained["ckpt"],
+            "--episodes",
+            b / f"{protocol}.json",
+            "--mode",
+            mode,
+            "--img-size",
+            64,
+            "--steps",
+            20,
+            "--batch-episodes",
+            batch,
+            "--out",
+            out,
+            env=env,
+            check=True,
+        )
+        task = "fss" if mode == "fss" else "gfss"
+        run_fsseg(
+            "evaluate",
+            "--task",
+            task,
+            "--pred",
+            out,
+            "--episodes",
+            b / f"{protocol}.json",
+            "--out",
+            out / "eval",
+            env=env,
+            check=True,
+        )
+        assert json.loads((out / "episodes" / "00000.json").read_text())["final_loss"] > 0
+    for png in sorted((tmp_path / "fss-50" / "pred").glob("*.png")):  # batched == one episode at a time
+        a = np.asarray(Image.open(png))
+        one = np.asarray(Image.open(tmp_path / "fss-1" / "pred" / png.name))
+        assert (a == one).mean() > 0.999
+    assert (tmp_path / "gfss-50" / "pred" / "00000_base.png").is_file()
+    wrong = run_fsseg(
+        "finetune-episode",
+        "--checkpoint",
+        trained["ckpt"],
+        "--episodes",
+        b / "fss.json",
+        "--mode",
+        "gfss",
+        "--out",
+        tmp_path / "x",
+        env=env,
+    )
+    assert "needs `fsseg data episodes --protocol gfss`" in error_line(wrong)
