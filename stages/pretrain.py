@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,54 @@ def validate(
     for part in distributed.all_gather_objects(meter, dist):
         total = total + part
     return total.miou()
+
+
+def _resume(last: Path, model, optimizer, device) -> tuple[int, float, list[dict]]:
+    """(start epoch, best validation score, history) from an unfinished run's last.pt, or a fresh start."""
+    if not last.is_file():
+        return 0, -1.0, []
+    state = load_checkpoint(last, device)
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    log.info("resuming from %s at epoch %d", last, state["epoch"] + 2)
+    return state["epoch"] + 1, state["best"], state["history"]
+
+
+def _end_epoch(
+    art,
+    model,
+    name: str,
+    model_kwargs: dict,
+    optimizer,
+    history: list[dict],
+    best: float,
+    improved: bool,
+    dist,
+    extra: dict | None = None,
+) -> None:
+    """Rank 0 writes best.pt (when improved), last.pt (full resume state) and log.jsonl; all ranks wait."""
+    epoch = history[-1]["epoch"] - 1
+    if dist.is_main:
+        if improved:
+            save_checkpoint(
+                art.file("checkpoints/best.pt"),
+                model,
+                model_name=name,
+                model_kwargs=model_kwargs,
+                extra={"epoch": epoch, "val_miou": history[-1]["val_miou"], **(extra or {})},
+            )
+        save_checkpoint(
+            art.file("checkpoints/last.pt"),
+            model,
+            model_name=name,
+            model_kwargs=model_kwargs,
+            optimizer=optimizer,
+            step=epoch,
+            extra={"epoch": epoch, "best": best, "history": history, **(extra or {})},
+        )
+        atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+    distributed.barrier(dist)
 
 
 def run_pretrain(
@@ -289,14 +338,7 @@ def run_pretrain(
         model.backbone.eval()
         trainable = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
         optimizer = torch.optim.Adam(trainable, lr=lr)
-        start_epoch, best, history = 0, -1.0, []
-        if last.is_file():  # an unfinished run with the same parameters: continue it
-            state = load_checkpoint(last, dev)
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
-            start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-            log.info("resuming from %s at epoch %d", last, start_epoch + 1)
+        start_epoch, best, history = _resume(last, model, optimizer, dev)  # continue an unfinished run
         net = EpisodeLoss(model, method, steps, lambdas, w_s)
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(net)
@@ -373,27 +415,7 @@ def run_pretrain(
                 row["loss"] or 0,
                 "" if val is None else f", val mIoU {100 * val:.2f} (best {100 * best:.2f})",
             )
-            if dist.is_main:
-                extra = {"epoch": epoch, "best": best, "history": history}
-                if improved:
-                    save_checkpoint(
-                        art.file("checkpoints/best.pt"),
-                        model,
-                        model_name=_name(method),
-                        model_kwargs=model_kwargs,
-                        extra={"epoch": epoch, "val_miou": row["val_miou"]},
-                    )
-                save_checkpoint(
-                    art.file("checkpoints/last.pt"),
-                    model,
-                    model_name=_name(method),
-                    model_kwargs=model_kwargs,
-                    optimizer=optimizer,
-                    step=epoch,
-                    extra=extra,
-                )
-                atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
-            distributed.barrier(dist)
+            _end_epoch(art, model, _name(method), model_kwargs, optimizer, history, best, improved, dist)
         if dist.is_main:
             _loss_png(art.file("loss.png"), history)
         checksum = float(sum(p.detach().double().sum() for p in trainable))
@@ -506,80 +528,48 @@ class PSPNetLoss(torch.nn.Module):
         return loss
 
 
-def run_pretrain_pspnet(
-    art,
-    *,
-    ds,
-    base,
-    backbone,
-    backbone_weights,
-    img_size,
-    epochs,
-    batch_size,
-    lr,
-    momentum,
-    weight_decay,
-    smoothing,
-    contrastive,
-    temperature,
-    base_temperature,
-    max_anchors,
-    val_split,
-    val_images,
-    tiny,
-    dist,
-    dev,
-    precision,
-    seed,
-    model_kwargs,
-    on_progress,
-) -> dict:
-    """The PSPNet training loop (inside an open artifact); returns the manifest outputs."""
+def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_progress) -> dict:
+    """The PSPNet training loop (inside an open artifact); returns the manifest outputs. `hp`: the
+    hyperparameters recorded in the manifest."""
+    h = SimpleNamespace(**hp)
     from stages.models.pspnet import PSPNet
 
-    model = PSPNet(**(model_kwargs | {"backbone_weights": backbone_weights})).to(dev)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model = PSPNet(**(model_kwargs | {"backbone_weights": h.backbone_weights})).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
     last = art.path / "checkpoints" / "last.pt"
-    start_epoch, best, history = 0, -1.0, []
-    if last.is_file():
-        state = load_checkpoint(last, dev)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        log.info("resuming from %s at epoch %d", last, start_epoch + 1)
+    start_epoch, best, history = _resume(last, model, optimizer, dev)
     net = PSPNetLoss(
         model,
-        smoothing=smoothing,
-        contrastive=contrastive,
-        temperature=temperature,
-        base_temperature=base_temperature,
-        max_anchors=max_anchors,
+        smoothing=h.smoothing,
+        contrastive=h.contrastive,
+        temperature=h.temperature,
+        base_temperature=h.base_temperature,
+        max_anchors=h.max_anchors,
     )
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(net)
-    data = SegmentationData(ds, base, img_size, backbone)
+    data = SegmentationData(ds, base, h.img_size, h.backbone)
     ids = [s.id for s in ds.samples()]
-    per_rank = max(1, batch_size // dist.world_size)
+    per_rank = max(1, h.batch_size // dist.world_size)
     iters_per_epoch = -(-len(distributed.shard(ids, dist)) // per_rank)
-    total_iters = epochs * iters_per_epoch
-    val_ds = open_dataset(ds.name, ds.root, val_split) if val_split else None
-    for epoch in range(start_epoch, epochs):
-        rng = np.random.default_rng([seed, epoch])
+    total_iters = h.epochs * iters_per_epoch
+    val_ds = open_dataset(ds.name, ds.root, h.val_split) if h.val_split else None
+    for epoch in range(start_epoch, h.epochs):
+        rng = np.random.default_rng([h.seed, epoch])
         order = [ids[k] for k in rng.permutation(len(ids))]
         flips = rng.random(len(order)) < 0.5
         mine = distributed.shard(list(zip(order, flips, strict=True)), dist)
         model.train()
         started, losses = time.time(), []
-        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        generator = torch.Generator().manual_seed(h.seed * 1000 + epoch)
         for b, batch in enumerate(_batches(mine, per_rank)):
             it = epoch * iters_per_epoch + b
             for group in optimizer.param_groups:  # cosine decay per iteration
-                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * it / total_iters))
+                group["lr"] = h.lr * 0.5 * (1 + np.cos(np.pi * it / total_iters))
             pairs = [data(i, bool(f)) for i, f in batch]
             images = torch.stack([p[0] for p in pairs]).to(dev)
             labels = torch.stack([p[1] for p in pairs]).to(dev)
-            with devices.autocast(dev, precision):
+            with devices.autocast(dev, h.precision):
                 loss = net(images, labels, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -589,11 +579,11 @@ def run_pretrain_pspnet(
                 on_progress(
                     it + 1,
                     total_iters,
-                    status=f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f}"
+                    status=f"epoch {epoch + 1}/{h.epochs} loss {np.mean(losses):.4f}"
                     + (f" best val mIoU {100 * best:.1f}" if best >= 0 else ""),
                 )
         val = (
-            _pspnet_val(model, val_ds, base, img_size, backbone, val_images, dist, dev, precision)
+            _pspnet_val(model, val_ds, base, h.img_size, h.backbone, h.val_images, dist, dev, h.precision)
             if val_ds
             else None
         )
@@ -609,30 +599,22 @@ def run_pretrain_pspnet(
         log.info(
             "epoch %d/%d: loss %.4f%s",
             epoch + 1,
-            epochs,
+            h.epochs,
             row["loss"],
             "" if val is None else f", val mIoU (background + base) {100 * val:.2f}",
         )
-        if dist.is_main:
-            if improved:
-                save_checkpoint(
-                    art.file("checkpoints/best.pt"),
-                    model,
-                    model_name="pspnet",
-                    model_kwargs=model_kwargs,
-                    extra={"epoch": epoch, "val_miou": row["val_miou"], "base_classes": list(base)},
-                )
-            save_checkpoint(
-                art.file("checkpoints/last.pt"),
-                model,
-                model_name="pspnet",
-                model_kwargs=model_kwargs,
-                optimizer=optimizer,
-                step=epoch,
-                extra={"epoch": epoch, "best": best, "history": history, "base_classes": list(base)},
-            )
-            atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
-        distributed.barrier(dist)
+        _end_epoch(
+            art,
+            model,
+            "pspnet",
+            model_kwargs,
+            optimizer,
+            history,
+            best,
+            improved,
+            dist,
+            extra={"base_classes": list(base)},
+        )
     if dist.is_main:
         _loss_png(art.file("loss.png"), history)
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
@@ -670,36 +652,10 @@ def _pspnet_val(model, ds, base, size, backbone, limit, dist, dev, precision) ->
 
 
 def _pretrain_pspnet_artifact(
-    out_dir,
-    *,
-    dataset,
-    root,
-    fold,
-    split,
-    backbone,
-    backbone_weights,
-    img_size,
-    epochs,
-    batch_size,
-    lr,
-    momentum,
-    weight_decay,
-    smoothing,
-    contrastive,
-    temperature,
-    base_temperature,
-    max_anchors,
-    val_split,
-    val_images,
-    n_folds,
-    tiny,
-    resume,
-    device,
-    precision,
-    seed,
-    overwrite,
-    on_progress,
+    out_dir, *, dataset, root, fold, split, n_folds, resume, device, overwrite, on_progress, **hp
 ) -> Path:
+    backbone, precision, seed = hp["backbone"], hp["precision"], hp["seed"]
+    contrastive, temperature, max_anchors = hp["contrastive"], hp["temperature"], hp["max_anchors"]
     if backbone not in ("resnet50", "efficientnet_lite0", "tiny"):
         raise FssegError(
             f"--backbone {backbone} is not available for pspnet; use resnet50, efficientnet_lite0 or tiny"
@@ -717,9 +673,10 @@ def _pretrain_pspnet_artifact(
         "backbone": backbone,
         "backbone_weights": None,
         "num_classes": len(base) + 1,
-        "bottleneck": 32 if tiny else 512,
-        "proj_dim": 16 if tiny else 128,
+        "bottleneck": 32 if hp["tiny"] else 512,
+        "proj_dim": 16 if hp["tiny"] else 128,
     }
+    hp["backbone_weights"] = str(hp["backbone_weights"])
     params = {
         "method": "pspnet",
         "dataset": dataset,
@@ -727,26 +684,10 @@ def _pretrain_pspnet_artifact(
         "fold": fold,
         "n_folds": n_folds,
         "base_classes": base,
-        "backbone": backbone,
-        "backbone_weights": str(backbone_weights),
-        "img_size": img_size,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
         "optimizer": "sgd",
-        "momentum": momentum,
-        "weight_decay": weight_decay,
         "schedule": "cosine",
         "augmentation": "random mirror",
-        "label_smoothing": smoothing,
-        "contrastive_lambda": contrastive,
-        "temperature": temperature,
-        "base_temperature": base_temperature,
-        "max_anchors": max_anchors,
-        "val_split": val_split,
-        "val_images": val_images,
-        "tiny": tiny,
-        "precision": precision,
+        **hp,
         "model_kwargs": model_kwargs,
     }
     with open_artifact(
@@ -763,31 +704,7 @@ def _pretrain_pspnet_artifact(
         if resume and not (art.path / "checkpoints" / "last.pt").is_file():
             raise FssegError(f"--resume: no {art.path / 'checkpoints' / 'last.pt'} to resume from")
         outputs = run_pretrain_pspnet(
-            art,
-            ds=ds,
-            base=base,
-            backbone=backbone,
-            backbone_weights=backbone_weights,
-            img_size=img_size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            smoothing=smoothing,
-            contrastive=contrastive,
-            temperature=temperature,
-            base_temperature=base_temperature,
-            max_anchors=max_anchors,
-            val_split=val_split,
-            val_images=val_images,
-            tiny=tiny,
-            dist=dist,
-            dev=dev,
-            precision=precision,
-            seed=seed,
-            model_kwargs=model_kwargs,
-            on_progress=on_progress,
+            art, hp, ds=ds, base=base, dist=dist, dev=dev, model_kwargs=model_kwargs, on_progress=on_progress
         )
         label_map = {"0": "background"} | {str(k): ds.class_names[c] for k, c in enumerate(base, 1)}
         return art.finish(outputs=outputs, label_map=label_map, device=devices.describe(dev))

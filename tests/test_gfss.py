@@ -179,7 +179,7 @@ def trained(tmp_path_factory):
 
 def test_pspnet_pretrain_artifact(trained):
     manifest = json.loads((trained["base"] / "psp" / "manifest.json").read_text())
-    assert manifest["params"]["contrastive_lambda"] == 0.1 and manifest["params"]["optimizer"] == "sgd"
+    assert manifest["params"]["contrastive"] == 0.1 and manifest["params"]["optimizer"] == "sgd"
     assert manifest["label_map"]["0"] == "background" and len(manifest["outputs"]["history"]) == 2
     assert all(r["val_miou"] is not None for r in manifest["outputs"]["history"])
 

@@ -46,6 +46,7 @@ class DilatedBackbone(nn.Module):
     def __init__(self, *, name: str, weights: str | None):
         super().__init__()
         self.name = name
+        weights = None if weights in (None, "random", "None") else weights
         if name == "resnet50":
             import torchvision.models as tvm
 
