@@ -60,9 +60,10 @@ class PairCorrelation:
 
     Masking support features by m (>= 0) and normalising them afterwards, as `correlation`
     does, is the same as scaling the unmasked dot products: for query position i and support
-    position j, relu(q_i . s_j m_j) / ((|q_i| + eps) (m_j |s_j| + eps)). So the dot products
-    (the matrix products) are computed once per pair and every refinement step only rescales
-    them; results equal `correlation(query, mask_levels(support, m))` up to float rounding.
+    position j, relu(q_i . s_j) m_j / ((|q_i| + eps) (m_j |s_j| + eps)). So the dot products
+    (the matrix products) and the own-side factor 1 / (|q_i| + eps) are applied once per pair,
+    and every refinement step only multiplies by the mask-dependent factor; results equal
+    `correlation(query, mask_levels(support, m))` up to float rounding.
     """
 
     def __init__(self, query: Levels, support: Levels):
@@ -75,35 +76,37 @@ class PairCorrelation:
                 rows.append(
                     torch.bmm(q.flatten(2).transpose(1, 2), s.flatten(2)).clamp(min=0).view(b, hq, wq, hs, ws)
                 )
-                qn.append(q.norm(dim=1))
-                sn.append(s.norm(dim=1))
+                qn.append(q.norm(dim=1).float())
+                sn.append(s.norm(dim=1).float())
             self.dots.append(torch.stack(rows, 1))
             self.q_norms.append(torch.stack(qn, 1))
             self.s_norms.append(torch.stack(sn, 1))
-        self._transposed: list[torch.Tensor] | None = None
+        self._query: list[torch.Tensor] | None = None
+        self._support: list[torch.Tensor] | None = None
 
     @staticmethod
-    def _scale(dots, own_norm, other_norm, mask):
+    def _own(dots: torch.Tensor, own_norm: torch.Tensor) -> torch.Tensor:
+        return dots * (1.0 / (own_norm + 1e-5)).to(dots.dtype)[:, :, :, :, None, None]
+
+    @staticmethod
+    def _other(ready: torch.Tensor, other_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = F.interpolate(mask.float(), size=other_norm.shape[-2:], mode="bilinear", align_corners=True)
-        own = (1.0 / (own_norm.float() + 1e-5)).to(dots.dtype)
-        other = (m / (m * other_norm.float() + 1e-5)).to(dots.dtype)
-        return dots * own[:, :, :, :, None, None] * other[:, :, None, None, :, :]
+        return ready * (m / (m * other_norm + 1e-5)).to(ready.dtype)[:, :, None, None, :, :]
 
     def query_side(self, support_mask: torch.Tensor) -> list[torch.Tensor]:
         """Correlation pyramid (fine, middle, coarse) of the query against the masked support."""
-        return [
-            self._scale(d, qn, sn, support_mask)
-            for d, qn, sn in zip(self.dots, self.q_norms, self.s_norms, strict=True)
-        ]
+        if self._query is None:
+            self._query = [self._own(d, qn) for d, qn in zip(self.dots, self.q_norms, strict=True)]
+        return [self._other(r, sn, support_mask) for r, sn in zip(self._query, self.s_norms, strict=True)]
 
     def support_side(self, query_mask: torch.Tensor) -> list[torch.Tensor]:
         """Correlation pyramid of the support against the masked query."""
-        if self._transposed is None:
-            self._transposed = [d.permute(0, 1, 4, 5, 2, 3).contiguous() for d in self.dots]
-        return [
-            self._scale(d, sn, qn, query_mask)
-            for d, qn, sn in zip(self._transposed, self.q_norms, self.s_norms, strict=True)
-        ]
+        if self._support is None:
+            self._support = [
+                self._own(d.permute(0, 1, 4, 5, 2, 3).contiguous(), sn)
+                for d, sn in zip(self.dots, self.s_norms, strict=True)
+            ]
+        return [self._other(r, qn, query_mask) for r, qn in zip(self._support, self.q_norms, strict=True)]
 
 
 def resize_query_dims(corr: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
