@@ -95,49 +95,32 @@ class FeaturePyramid(nn.Module):
             probe = self.forward(torch.zeros(1, 3, 64, 64))
         self.channels = [[m.shape[1] for m in level] for level in probe]
 
-    def _resnet(self, x):
-        b = self
-        x = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x)))))
-        levels = []
-        for layer in (b.layer2, b.layer3, b.layer4):
-            maps = []
-            for block in layer:
-                x = block(x)
-                maps.append(x)
-            levels.append(maps)
-        return levels
-
-    def _vgg(self, x):
-        wanted = {17: 0, 19: 0, 21: 0, 24: 1, 26: 1, 28: 1, 30: 2}  # HSNet's VGG16 feature ids
+    @staticmethod
+    def _blocks(x, stages, level_of: dict[int, int]) -> list[list[torch.Tensor]]:
+        """Run `stages` (lists of blocks) and keep every block output of the stages in `level_of`."""
         levels: list[list[torch.Tensor]] = [[], [], []]
-        for index, module in enumerate(self.features):
-            x = module(x)
-            if index in wanted:
-                levels[wanted[index]].append(x)
-        return levels
-
-    def _lite0(self, x):
-        b = self
-        x = b.bn1(b.conv_stem(x))
-        stage_level = {2: 0, 3: 1, 4: 1, 5: 2, 6: 2}  # stride 8: stage 2; 16: stages 3-4; 32: stages 5-6
-        levels: list[list[torch.Tensor]] = [[], [], []]
-        for stage, blocks in enumerate(b.blocks):
+        for index, blocks in enumerate(stages):
             for block in blocks:
                 x = block(x)
-                if stage in stage_level:
-                    levels[stage_level[stage]].append(x)
+                if index in level_of:
+                    levels[level_of[index]].append(x)
         return levels
 
+    def _resnet(self, x):
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return self._blocks(x, (self.layer2, self.layer3, self.layer4), {0: 0, 1: 1, 2: 2})
+
+    def _vgg(self, x):
+        # HSNet's VGG16 feature ids, each a single-layer "block"
+        wanted = {17: 0, 19: 0, 21: 0, 24: 1, 26: 1, 28: 1, 30: 2}
+        return self._blocks(x, [[m] for m in self.features], wanted)
+
+    def _lite0(self, x):
+        # stride 8: stage 2; 16: stages 3-4; 32: stages 5-6
+        return self._blocks(self.bn1(self.conv_stem(x)), self.blocks, {2: 0, 3: 1, 4: 1, 5: 2, 6: 2})
+
     def _tiny(self, x):
-        x = self.stem(x)
-        levels = []
-        for stage in self.stages:
-            maps = []
-            for block in stage:
-                x = block(x)
-                maps.append(x)
-            levels.append(maps)
-        return levels
+        return self._blocks(self.stem(x), self.stages, {0: 0, 1: 1, 2: 2})
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         return getattr(self, f"_{self.kind}")(x)
