@@ -547,7 +547,9 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
         max_anchors=h.max_anchors,
     )
     if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(net)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, find_unused_parameters=True
+        )  # no anchors: no projection
     data = SegmentationData(ds, base, h.img_size, h.backbone)
     ids = [s.id for s in ds.samples()]
     per_rank = max(1, h.batch_size // dist.world_size)

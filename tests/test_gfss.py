@@ -240,3 +240,41 @@ def test_finetune_fss_and_gfss_then_evaluate(trained, tmp_path):
         env=env,
     )
     assert "needs `fsseg data episodes --protocol gfss`" in error_line(wrong)
+
+
+def test_pspnet_ddp_two_processes_keep_identical_weights(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import ROOT
+
+    root = make_voc_tree(tmp_path / "VOC2012")
+    env = {
+        **os.environ,
+        "FSSEG_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tests" / "ddp_pretrain_worker.py"),
+            "pspnet",
+            str(root),
+            "-",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    sums = manifest["outputs"]["rank_weight_checksums"]
+    assert manifest["world_size"] == 2 and len(sums) == 2 and sums[0] == sums[1]

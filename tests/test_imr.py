@@ -340,6 +340,7 @@ def test_ddp_two_processes_keep_identical_weights(voc, tmp_path):
             "--standalone",
             "--nproc_per_node=2",
             str(ROOT / "tests" / "ddp_pretrain_worker.py"),
+            "imr-hsnet",
             str(voc["root"]),
             str(voc["cams"]),
             str(tmp_path / "ddp"),
