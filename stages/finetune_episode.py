@@ -5,10 +5,10 @@ Writes: `pred/<episode:05d>.png` (and `pred/<episode:05d>_base.png` for gfss-bin
         for `fsseg evaluate --task fss|gfss`, `episodes/<episode:05d>.json` (class, supports,
         final loss), `manifest.json` (kind "finetune").
 Algorithm: backbone frozen; features (the 512-channel PSPNet feature at output stride 8) are
-        computed once per image and cached; support labels are taken at the feature
-        resolution (nearest). A new 1x1 classifier per episode, trained with plain SGD
-        (lr 0.1, 100 steps), many episodes at once (their losses are summed, so each episode
-        gets exactly its own gradient).
+        computed once per image and cached. A new 1x1 classifier per episode whose logits are
+        upsampled (bilinear) to the input size, where the loss meets the support labels; plain
+        SGD (lr 0.1, 100 steps), many episodes at once (their losses are summed, so each
+        episode gets exactly its own gradient).
         fss:  2-way (background, novel), cross-entropy.
         gfss: (|base| + 2)-way (background, base classes from the pretrained classifier, novel;
               with the standard protocol one novel row per novel class), loss = reformulated
@@ -67,7 +67,7 @@ def distillation(
 
 
 class Features:
-    """Frozen PSPNet features and pretrained probabilities per image, cached (LRU)."""
+    """Frozen PSPNet features and pretrained logits per image, cached (LRU)."""
 
     def __init__(self, model, dataset, size: int, backbone: str, device, precision: str, capacity: int):
         self.model, self.ds, self.size, self.device, self.precision = model, dataset, size, device, precision
@@ -75,7 +75,7 @@ class Features:
         self.capacity, self.store = capacity, OrderedDict()
 
     def __call__(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        """(features (512, h, w), pretrained probabilities (K0, h, w), original image size)."""
+        """(features (512, h, w), pretrained logits (K0, h, w), original image size)."""
         if image_id in self.store:
             self.store.move_to_end(image_id)
             return self.store[image_id]
@@ -87,7 +87,7 @@ class Features:
         )
         with torch.no_grad(), devices.autocast(self.device, self.precision):
             feats, logits = self.model(x)
-        entry = (feats[0].float(), logits[0].float().softmax(0), image.shape[:2])
+        entry = (feats[0].float(), logits[0].float(), image.shape[:2])
         if self.capacity:
             self.store[image_id] = entry
             while len(self.store) > self.capacity:
@@ -95,13 +95,28 @@ class Features:
         return entry
 
 
-def _support_pixels(feats: Features, ds, image_id: str, cls: int):
-    """Feature vectors (N, D), binary targets (N,) (255 = ignored) and teacher probs (N, K0)."""
-    f, teacher, _ = feats(image_id)
+def _support_data(feats: Features, ds, image_id: str, cls: int):
+    """Features (D, h, w), binary target (S, S) at the input size (255 = ignored) and the pretrained
+    classifier's probabilities (K0, S, S), S = the input side."""
+    f, old_logits, _ = feats(image_id)
+    size = (feats.size, feats.size)
     label = torch.from_numpy(ds.load_label(ds.sample(image_id)).astype(np.int64))[None, None].float()
-    label = F.interpolate(label, size=f.shape[-2:], mode="nearest")[0, 0].long()
+    label = F.interpolate(label, size=size, mode="nearest")[0, 0].long()
     target = torch.where(label == ds.ignore_index, 255, (label == cls).long()).to(f.device)
-    return f.flatten(1).T, target.flatten(), teacher.flatten(1).T
+    teacher = F.interpolate(old_logits[None], size=size, mode="bilinear", align_corners=True)[0].softmax(0)
+    return f, target, teacher
+
+
+def _pixel_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
+    """Classifier logits of support features, upsampled to the input size: x (E, S, D, h, w) ->
+    (E, S*size*size, K). A 1x1 classifier commutes with bilinear upsampling, so this equals
+    classifying upsampled features, without materialising them."""
+    e, s, _, h, wd = x.shape
+    logits = torch.einsum("esdhw,ekd->eskhw", x, w) + b[:, None, :, None, None]
+    logits = F.interpolate(
+        logits.reshape(e * s, -1, h, wd), size=(size, size), mode="bilinear", align_corners=True
+    )
+    return logits.reshape(e, s, -1, size, size).permute(0, 1, 3, 4, 2).reshape(e, s * size * size, -1)
 
 
 def train_classifiers(
@@ -118,14 +133,21 @@ def train_classifiers(
     lr: float,
     gamma: float,
     n_old: int,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain SGD on E classifiers at once. x (E, N, D), target/valid/column (E, N), teacher (E, N, n_old).
-    Returns (weights (E, K, D), bias (E, K), final loss per episode (E,))."""
+    """Plain SGD on E classifiers at once; returns (weights (E, K, D), bias (E, K), final loss (E,)).
+
+    x: (E, N, D) pixel features, or (E, S, D, h, w) support feature maps whose logits are
+    upsampled to `size` (then target/valid/column/teacher hold S*size*size pixels per episode).
+    target/valid/column: (E, N); teacher: (E, N, n_old) pretrained probabilities."""
     w = init_w.clone().requires_grad_(True)
     b = init_b.clone().requires_grad_(True)
     optimizer = torch.optim.SGD([w, b], lr=lr)
     for _ in range(steps):
-        logits = torch.einsum("end,ekd->enk", x, w) + b[:, None, :]
+        if x.dim() == 5:
+            logits = _pixel_logits(x, w, b, size)
+        else:
+            logits = torch.einsum("end,ekd->enk", x, w) + b[:, None, :]
         if mode == "fss":
             per_pixel = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
             loss = (per_pixel * valid).sum(1) / valid.sum(1).clamp(min=1)
@@ -218,9 +240,10 @@ def run_finetune_episode(
         old_w = classifier.weight.detach()[:, :, 0, 0].float()
         old_b = classifier.bias.detach().float()
         indices = list(range(len(doc["episodes"])))
-        chunks = [
-            indices[i : i + max(1, batch_episodes)] for i in range(0, len(indices), max(1, batch_episodes))
-        ]
+        # memory grows with the support images per chunk: batch_episodes counts 1-shot, 1-class episodes
+        per_episode = doc["shots"] * (len(doc["novel_classes"]) if doc["protocol"] == "gfss" else 1)
+        size_chunk = max(1, batch_episodes // per_episode)
+        chunks = [indices[i : i + size_chunk] for i in range(0, len(indices), size_chunk)]
         done = 0
 
         def work(chunk: list[int]) -> None:
@@ -251,35 +274,24 @@ def _run_chunk(art, chunk, doc, ds, feats, old_w, old_b, base, mode, steps, lr, 
             novel, shots = [ep["class"]], [(sid, ep["class"]) for sid in ep["support"]]
         rows.append((i, novel, shots))
     n_novel = max(len(r[1]) for r in rows)
-    xs, ts, teachers, columns = [], [], [], []
-    for _, novel, shots in rows:
-        # one training unit per episode; gfss standard trains every novel class's shots in one classifier,
-        # each support pixel labelled for its own class (its column)
-        x, t, te, col = [], [], [], []
-        for sid, c in shots:
-            fx, ft, fte = _support_pixels(feats, ds, sid, c)
-            x.append(fx)
-            t.append(ft)
-            te.append(fte)
-            col.append(torch.full_like(ft, 1 if mode == "fss" else n_old + novel.index(c)))
-        (
-            xs.append(torch.cat(x)),
-            ts.append(torch.cat(t)),
-            teachers.append(torch.cat(te)),
-            columns.append(torch.cat(col)),
-        )
-    n_max = max(len(x) for x in xs)
-    d = xs[0].shape[1]
+    n_shots = max(len(r[2]) for r in rows)
+    size = feats.size
     e = len(rows)
-    x = torch.zeros(e, n_max, d, device=dev)
-    target = torch.zeros(e, n_max, dtype=torch.long, device=dev)
-    valid = torch.zeros(e, n_max, device=dev)
-    teacher = torch.zeros(e, n_max, n_old, device=dev)
-    column_px = torch.zeros(e, n_max, dtype=torch.long, device=dev)
-    for j, (fx, ft, fte, fc) in enumerate(zip(xs, ts, teachers, columns, strict=True)):
-        n = len(fx)
-        x[j, :n], target[j, :n], teacher[j, :n], column_px[j, :n] = fx, ft.clamp(max=1), fte, fc
-        valid[j, :n] = (ft != 255).float()
+    f0 = feats(rows[0][2][0][0])[0]
+    d, h, w_ = f0.shape
+    x = torch.zeros(e, n_shots, d, h, w_, device=dev)
+    target = torch.zeros(e, n_shots, size, size, dtype=torch.long, device=dev)
+    valid = torch.zeros(e, n_shots, size, size, device=dev)
+    teacher = torch.zeros(e, n_shots, size, size, n_old, device=dev)
+    column_px = torch.zeros(e, n_shots, size, size, dtype=torch.long, device=dev)
+    for j, (_, novel, shots) in enumerate(rows):
+        for k, (sid, c) in enumerate(shots):  # shots missing from a shorter episode stay invalid (valid = 0)
+            fx, ft, fte = _support_data(feats, ds, sid, c)
+            x[j, k], target[j, k], teacher[j, k] = fx, ft.clamp(max=1), fte.permute(1, 2, 0)
+            valid[j, k] = (ft != 255).float()
+            column_px[j, k] = 1 if mode == "fss" else n_old + novel.index(c)
+    target, valid, column_px = (t.reshape(e, -1) for t in (target, valid, column_px))
+    teacher = teacher.reshape(e, -1, n_old)
     if mode == "fss":
         init_w, init_b = torch.zeros(e, 2, d, device=dev), torch.zeros(e, 2, device=dev)
     else:  # background and base rows from the pretrained classifier, novel rows new
@@ -298,6 +310,7 @@ def _run_chunk(art, chunk, doc, ds, feats, old_w, old_b, base, mode, steps, lr, 
         lr=lr,
         gamma=gamma,
         n_old=n_old,
+        size=size,
     )
     for j, (i, novel, shots) in enumerate(rows):
         ep = doc["episodes"][i]
