@@ -320,6 +320,15 @@ def finetune_episode(
     lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.1,
     gamma: Annotated[float, typer.Option("--gamma", help="gfss: distillation weight.")] = 10.0,
     img_size: Annotated[int, typer.Option("--img-size", help="Input side (the report: 473).")] = 473,
+    label_size: Annotated[
+        int | None,
+        typer.Option(
+            "--label-size",
+            help="Side where the support loss is computed "
+            "(logits upsampled to it); default: the input side. Smaller is "
+            "faster on a CPU.",
+        ),
+    ] = None,
     batch_episodes: Annotated[
         int, typer.Option("--batch-episodes", min=1, help="Episodes trained at once.")
     ] = 50,
@@ -347,6 +356,7 @@ def finetune_episode(
             lr=lr,
             gamma=gamma,
             img_size=img_size,
+            label_size=label_size,
             batch_episodes=batch_episodes,
             feature_cache=feature_cache,
             device=device,

@@ -73,6 +73,7 @@ class Features:
         self.model, self.ds, self.size, self.device, self.precision = model, dataset, size, device, precision
         self.mean, self.std = NORMALISATION.get(backbone, NORMALISATION["resnet50"])
         self.capacity, self.store = capacity, OrderedDict()
+        self.label_size = size  # where support losses are computed (logits upsampled to it)
 
     def __call__(self, image_id: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         """(features (512, h, w), pretrained logits (K0, h, w), original image size)."""
@@ -99,7 +100,7 @@ def _support_data(feats: Features, ds, image_id: str, cls: int):
     """Features (D, h, w), binary target (S, S) at the input size (255 = ignored) and the pretrained
     classifier's probabilities (K0, S, S), S = the input side."""
     f, old_logits, _ = feats(image_id)
-    size = (feats.size, feats.size)
+    size = (feats.label_size, feats.label_size)
     label = torch.from_numpy(ds.load_label(ds.sample(image_id)).astype(np.int64))[None, None].float()
     label = F.interpolate(label, size=size, mode="nearest")[0, 0].long()
     target = torch.where(label == ds.ignore_index, 255, (label == cls).long()).to(f.device)
@@ -172,6 +173,7 @@ def run_finetune_episode(
     lr: float = 0.1,
     gamma: float = 10.0,
     img_size: int = 473,
+    label_size: int | None = None,
     batch_episodes: int = 50,
     feature_cache: int = 512,
     device: str = "auto",
@@ -211,7 +213,9 @@ def run_finetune_episode(
         )
     base = doc["base_classes"]
     ds = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
+    label_size = label_size or img_size
     params: dict[str, Any] = {
+        "label_size": label_size,
         "mode": mode,
         "protocol": doc["protocol"],
         "steps": steps,
@@ -236,6 +240,7 @@ def run_finetune_episode(
         if art.up_to_date:
             return art.path
         feats = Features(model, ds, img_size, data["model_kwargs"]["backbone"], dev, precision, feature_cache)
+        feats.label_size = label_size
         classifier = model.classifier
         old_w = classifier.weight.detach()[:, :, 0, 0].float()
         old_b = classifier.bias.detach().float()
@@ -275,7 +280,7 @@ def _run_chunk(art, chunk, doc, ds, feats, old_w, old_b, base, mode, steps, lr, 
         rows.append((i, novel, shots))
     n_novel = max(len(r[1]) for r in rows)
     n_shots = max(len(r[2]) for r in rows)
-    size = feats.size
+    size = feats.label_size
     e = len(rows)
     f0 = feats(rows[0][2][0][0])[0]
     d, h, w_ = f0.shape
