@@ -36,7 +36,7 @@ from stages.core.datasets import open_dataset
 from stages.core.episodes import read_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import read_image, write_label
-from stages.models.backbones import NORMALISATION
+from stages.models.backbones import network_input
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Features:
 
     def __init__(self, model, dataset, size: int, backbone: str, device, precision: str, capacity: int):
         self.model, self.ds, self.size, self.device, self.precision = model, dataset, size, device, precision
-        self.mean, self.std = NORMALISATION.get(backbone, NORMALISATION["resnet50"])
+        self.backbone = backbone
         self.capacity, self.store = capacity, OrderedDict()
         self.label_size = size  # where support losses are computed (logits upsampled to it)
 
@@ -81,11 +81,7 @@ class Features:
             self.store.move_to_end(image_id)
             return self.store[image_id]
         image = read_image(self.ds.sample(image_id).image)
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)
-        x = ((x - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)).to(
-            self.device
-        )
+        x = network_input(image, self.size, self.backbone).to(self.device)
         with torch.no_grad(), devices.autocast(self.device, self.precision):
             feats, logits = self.model(x)
         entry = (feats[0].float(), logits[0].float(), image.shape[:2])

@@ -37,7 +37,7 @@ from stages.core.episodes import DEFAULT_MIN_AREA, read_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import load_float_map, read_image
 from stages.core.metrics import FssMeter
-from stages.models.backbones import NORMALISATION
+from stages.models.backbones import network_input
 from stages.models.hsnet import HSNet, IMRHSNet
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,14 @@ class EpisodeData:
     """Loads (image, ground-truth mask, initial mask) triples at the training resolution."""
 
     def __init__(self, dataset, size: int, backbone: str, cams_dir: Path | None):
-        self.ds, self.size, self.cams_dir = dataset, size, cams_dir
-        self.mean, self.std = NORMALISATION[backbone]
+        self.ds, self.size, self.cams_dir, self.backbone = dataset, size, cams_dir, backbone
 
     def has_cam(self, image_id: str, cls: int) -> bool:
         return self.cams_dir is None or (self.cams_dir / "cams" / f"{image_id}__{cls}.npy").is_file()
 
     def __call__(self, image_id: str, cls: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sample = self.ds.sample(image_id)
-        image = torch.from_numpy(read_image(sample.image)).permute(2, 0, 1)[None].float().div(255)
-        image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=True)[0]
-        image = (image - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        image = network_input(read_image(sample.image), self.size, self.backbone)[0]
         label = torch.from_numpy(self.ds.load_label(sample).astype(np.int64))[None, None].float()
         label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
         target = torch.where(label == self.ds.ignore_index, 255, (label == cls).long())
@@ -471,8 +468,7 @@ class SegmentationData:
     novel class), base classes 1..B in order, ignored pixels 255."""
 
     def __init__(self, dataset, base: Sequence[int], size: int, backbone: str):
-        self.ds, self.size = dataset, size
-        self.mean, self.std = NORMALISATION.get(backbone, NORMALISATION["resnet50"])
+        self.ds, self.size, self.backbone = dataset, size, backbone
         self.lut = np.zeros(256, np.int64)
         for k, c in enumerate(base, 1):
             self.lut[c] = k
@@ -480,9 +476,7 @@ class SegmentationData:
 
     def __call__(self, image_id: str, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.ds.sample(image_id)
-        image = torch.from_numpy(read_image(sample.image)).permute(2, 0, 1)[None].float().div(255)
-        image = F.interpolate(image, size=(self.size, self.size), mode="bilinear", align_corners=True)[0]
-        image = (image - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        image = network_input(read_image(sample.image), self.size, self.backbone)[0]
         label = torch.from_numpy(self.lut[self.ds.load_label(sample)])[None, None].float()
         label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
         if flip:

@@ -44,7 +44,7 @@ from stages.core.imageio import (
     write_jpeg,
     write_label,
 )
-from stages.models.backbones import NORMALISATION
+from stages.models.backbones import network_input
 from stages.models.hsnet import HSNet, IMRHSNet, load_reference_state_dict, reference_architecture
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,7 @@ class Job:
 
 
 def _to_tensor(image: np.ndarray, size: int, backbone: str, device) -> torch.Tensor:
-    mean, std = NORMALISATION[backbone]
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
-    return ((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).to(device)
+    return network_input(image, size, backbone).to(device)
 
 
 def _mask_tensor(mask: np.ndarray, size: int, device) -> torch.Tensor:

@@ -152,6 +152,17 @@ NORMALISATION = {name: (IMAGENET_MEAN, IMAGENET_STD) for name in BACKBONES} | {
 }
 
 
+def network_input(image, size: int, backbone: str) -> torch.Tensor:
+    """An RGB uint8 array (H, W, 3) as the backbone's input: resized whole to size x size
+    (bilinear, align_corners), scaled to [0, 1] and normalised -> (1, 3, size, size) float."""
+    import torch.nn.functional as F
+
+    mean, std = NORMALISATION[backbone]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
 def _torchvision_weights(name: str, weights: str | os.PathLike) -> dict[str, torch.Tensor]:
     """ImageNet weights of a torchvision model: a file, or torch hub's cache (downloading if allowed)."""
     import torchvision.models as tvm
