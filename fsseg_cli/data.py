@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from fsseg_cli.console import console, fail, handles_errors, progress, setup_logging
-from fsseg_cli.options import NumWorkers, Quiet, Seed, Verbose
+from fsseg_cli.options import NumWorkers, Out, Overwrite, Quiet, Seed, Verbose
 
 DatasetName = Literal["pascal", "coco", "cityscapes", "camvid", "fss1000", "folder"]
 
@@ -144,4 +144,34 @@ def episodes(
         f"{len(doc['episodes'])} {protocol} episodes, {shots}-shot, fold {fold} (novel: {novel}) -> {out}",
         highlight=False,
         soft_wrap=True,
+    )
+
+
+@app.command("panoptic-gt")
+@handles_errors
+def panoptic_gt(
+    dataset: Annotated[DatasetName, typer.Argument(help="Dataset layout.")],
+    root: Root,
+    out: Out,
+    split: Split = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write a split's ground truth in the panoptic forms fsseg's stages write (Cityscapes-form
+    *_gtFine_instanceIds.png, COCO panoptic PNG + panoptic.json), the --gt of
+    `fsseg evaluate --task panoptic`. Instances: the dataset's instance ids, or else connected
+    components of each thing class (an approximation, e.g. for CamVid)."""
+    setup_logging(quiet, verbose)
+    from stages.core.datasets.export import export_panoptic_gt
+
+    with progress("exporting", quiet) as on_progress:
+        path = export_panoptic_gt(
+            out, dataset=dataset, root=root, split=split, overwrite=overwrite, on_progress=on_progress
+        )
+    import json
+
+    outputs = json.loads((path / "manifest.json").read_text())["outputs"]
+    console.print(
+        f"{outputs['images']} images ({outputs['instances']}) -> {path}", highlight=False, soft_wrap=True
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fsseg_cli import clip_cam, data, evaluate, info, refine
+from fsseg_cli import clip_cam, data, evaluate, info, refine, spino
 
 app = typer.Typer(
     name="fsseg",
@@ -24,6 +24,9 @@ app.command("clip-cam", help=clip_cam.HELP)(clip_cam.clip_cam)
 app.command("pretrain", help=refine.PRETRAIN_HELP)(refine.pretrain)
 app.command("refine", help=refine.REFINE_HELP)(refine.refine)
 app.command("finetune-episode", help=refine.FINETUNE_HELP)(refine.finetune_episode)
+app.command("label-gen", help=spino.LABEL_GEN_HELP)(spino.label_gen)
+app.command("pseudo-label", help=spino.PSEUDO_LABEL_HELP)(spino.pseudo_label)
+app.command("train-panoptic", help=spino.TRAIN_PANOPTIC_HELP)(spino.train_panoptic)
 app.command("info", help="Versions, devices, and which pretrained weights are in the local caches.")(
     info.info
 )

@@ -17,7 +17,6 @@ takes its share of the episodes; gradients are averaged), validation each epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,13 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from stages.core import devices, distributed
-from stages.core.artifacts import atomic_write_text, open_artifact, read_manifest
-from stages.core.checkpoints import load_checkpoint, save_checkpoint, set_rng_state
+from stages.core.artifacts import open_artifact, read_manifest
 from stages.core.datasets import open_dataset
 from stages.core.episodes import DEFAULT_MIN_AREA, read_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import load_float_map, read_image
 from stages.core.metrics import FssMeter
+from stages.core.training import end_epoch, loss_png, resume
 from stages.models.backbones import network_input
 from stages.models.hsnet import HSNet, IMRHSNet
 
@@ -134,54 +133,6 @@ def validate(
     for part in distributed.all_gather_objects(meter, dist):
         total = total + part
     return total.miou()
-
-
-def _resume(last: Path, model, optimizer, device) -> tuple[int, float, list[dict]]:
-    """(start epoch, best validation score, history) from an unfinished run's last.pt, or a fresh start."""
-    if not last.is_file():
-        return 0, -1.0, []
-    state = load_checkpoint(last, device)
-    model.load_state_dict(state["state_dict"])
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    log.info("resuming from %s at epoch %d", last, state["epoch"] + 2)
-    return state["epoch"] + 1, state["best"], state["history"]
-
-
-def _end_epoch(
-    art,
-    model,
-    name: str,
-    model_kwargs: dict,
-    optimizer,
-    history: list[dict],
-    best: float,
-    improved: bool,
-    dist,
-    extra: dict | None = None,
-) -> None:
-    """Rank 0 writes best.pt (when improved), last.pt (full resume state) and log.jsonl; all ranks wait."""
-    epoch = history[-1]["epoch"] - 1
-    if dist.is_main:
-        if improved:
-            save_checkpoint(
-                art.file("checkpoints/best.pt"),
-                model,
-                model_name=name,
-                model_kwargs=model_kwargs,
-                extra={"epoch": epoch, "val_miou": history[-1]["val_miou"], **(extra or {})},
-            )
-        save_checkpoint(
-            art.file("checkpoints/last.pt"),
-            model,
-            model_name=name,
-            model_kwargs=model_kwargs,
-            optimizer=optimizer,
-            step=epoch,
-            extra={"epoch": epoch, "best": best, "history": history, **(extra or {})},
-        )
-        atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
-    distributed.barrier(dist)
 
 
 def run_pretrain(
@@ -335,7 +286,7 @@ def run_pretrain(
         model.backbone.eval()
         trainable = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
         optimizer = torch.optim.Adam(trainable, lr=lr)
-        start_epoch, best, history = _resume(last, model, optimizer, dev)  # continue an unfinished run
+        start_epoch, best, history = resume(last, model, optimizer, dev)  # continue an unfinished run
         net = EpisodeLoss(model, method, steps, lambdas, w_s)
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(net)
@@ -412,9 +363,9 @@ def run_pretrain(
                 row["loss"] or 0,
                 "" if val is None else f", val mIoU {100 * val:.2f} (best {100 * best:.2f})",
             )
-            _end_epoch(art, model, _name(method), model_kwargs, optimizer, history, best, improved, dist)
+            end_epoch(art, model, _name(method), model_kwargs, optimizer, history, best, improved, dist)
         if dist.is_main:
-            _loss_png(art.file("loss.png"), history)
+            loss_png(art.file("loss.png"), history)
         checksum = float(sum(p.detach().double().sum() for p in trainable))
         checksums = distributed.all_gather_objects(checksum, dist)  # every rank must hold the same weights
         if len(set(checksums)) > 1:
@@ -436,27 +387,6 @@ def run_pretrain(
 
 def _name(method: str) -> str:
     return "imr_hsnet" if method == "imr-hsnet" else "hsnet"
-
-
-def _loss_png(path: Path, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["loss"] for r in history], "o-", label="training loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    if any(r["val_miou"] is not None for r in history):
-        twin = ax.twinx()
-        twin.plot(epochs, [r["val_miou"] for r in history], "s--", color="#d8453b", label="val mIoU")
-        twin.set_ylabel("val mIoU (%)")
-    ax.set_title("pretrain")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- PSPNet (GFSS report)
@@ -531,7 +461,7 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
     model = PSPNet(**(model_kwargs | {"backbone_weights": h.backbone_weights})).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
     last = art.path / "checkpoints" / "last.pt"
-    start_epoch, best, history = _resume(last, model, optimizer, dev)
+    start_epoch, best, history = resume(last, model, optimizer, dev)
     net = PSPNetLoss(
         model,
         smoothing=h.smoothing,
@@ -599,7 +529,7 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
             row["loss"],
             "" if val is None else f", val mIoU (background + base) {100 * val:.2f}",
         )
-        _end_epoch(
+        end_epoch(
             art,
             model,
             "pspnet",
@@ -612,7 +542,7 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
             extra={"base_classes": list(base)},
         )
     if dist.is_main:
-        _loss_png(art.file("loss.png"), history)
+        loss_png(art.file("loss.png"), history)
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     return {
         "best": "checkpoints/best.pt",

@@ -62,3 +62,31 @@ def make_voc_tree(root: Path) -> Path:
         )
         Image.fromarray(label).save(root / "SegmentationClassAug" / f"im{i:02d}.png")
     return root
+
+
+def make_street_tree(root: Path, n: int = 8, size: tuple[int, int] = (84, 112)) -> Path:
+    """A tiny street scene dataset in the `folder` layout: classes road (stuff), sky (stuff) and
+    car (thing). Sky above, road below, 1-2 red cars (the second one touching the first on odd
+    images), mild noise; every image `size` (h, w)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    h, w = size
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.yaml").write_text("names: [road, sky, car]\nbackground: null\nthings: [car]\n")
+    for i in range(n):
+        label = np.zeros((h, w), np.uint8)
+        label[: h // 3] = 1
+        x0 = 8 + 4 * (i % 4)
+        label[h // 2 : h // 2 + 20, x0 : x0 + 30] = 2
+        if i % 2:
+            label[h // 2 : h // 2 + 20, x0 + 30 : x0 + 60] = 2
+        colours = np.array([[90, 90, 90], [110, 160, 230], [200, 30, 30]], np.float64)
+        image = colours[label] + rng.normal(0, 8, (h, w, 3))
+        if i % 2:  # a dark seam between touching cars, as real images have
+            image[h // 2 : h // 2 + 20, x0 + 29 : x0 + 31] *= 0.3
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"s{i:02d}.png")
+        Image.fromarray(label).save(root / "masks" / f"s{i:02d}.png")
+    return root

@@ -44,7 +44,14 @@ MANIFEST_NAME = "manifest.json"
 RUN_STATE_NAME = ".fsseg-run.json"
 
 # kind -> the command that produces it; a stage adds its kind here when it lands.
-PRODUCERS: dict[str, str] = {"metrics": "fsseg evaluate", "cams": "fsseg clip-cam"}
+PRODUCERS: dict[str, str] = {
+    "metrics": "fsseg evaluate",
+    "cams": "fsseg clip-cam",
+    "label-gen": "fsseg label-gen",
+    "pseudo-label": "fsseg pseudo-label",
+    "panoptic-gt": "fsseg data panoptic-gt",
+    "panoptic-model": "fsseg train-panoptic",
+}
 
 
 # ----------------------------------------------------------------------------- atomic files

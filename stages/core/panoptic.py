@@ -60,7 +60,7 @@ def load_coco_panoptic(folder: Path) -> tuple[dict[int, dict], dict[str, tuple[P
     """
     folder = Path(folder)
     jsons = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    jsons = [j for j in jsons if j.name != "manifest.json"]
+    jsons = [j for j in jsons if j.name != "manifest.json" and not j.name.startswith(".")]
     if len(jsons) != 1:
         raise FssegError(
             f"{folder} must hold exactly one COCO panoptic *.json (found {len(jsons)}); see README"
@@ -100,3 +100,204 @@ def write_coco_png(path: Path, ids: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         Image.fromarray(id_to_rgb(ids)).save(tmp, format="PNG")
+
+
+# ----------------------------------------------------------------------------- building panoptic maps
+def segment_ids(
+    semantic: np.ndarray, things: set[int] | tuple[int, ...], ignore: int, instances: np.ndarray | None = None
+) -> np.ndarray:
+    """One id per segment (H, W) int64: stuff pixels get their class, thing pixels their instance
+    (from `instances` where given, else connected components of the class, 8-connected), void -1."""
+    from scipy import ndimage
+
+    ids = semantic.astype(np.int64)
+    ids[semantic == ignore] = -1
+    offset = 1 << 20
+    for c in things:
+        mask = semantic == c
+        if not mask.any():
+            continue
+        if instances is not None:
+            ids[mask] = offset * (c + 1) + instances[mask].astype(np.int64)
+        else:
+            comps, _ = ndimage.label(mask, np.ones((3, 3), bool))
+            ids[mask] = offset * (c + 1) + comps[mask]
+    return ids
+
+
+def boundary_target(ids: np.ndarray) -> np.ndarray:
+    """Boundary pixels (H, W) bool: a neighbour within radius 1.5 (the 3x3 window) has another id."""
+    from scipy import ndimage
+
+    return ndimage.maximum_filter(ids, size=3, mode="nearest") != ndimage.minimum_filter(
+        ids, size=3, mode="nearest"
+    )
+
+
+def fuse_panoptic(
+    semantic: np.ndarray,
+    boundary: np.ndarray | None,
+    things: tuple[int, ...] | list[int],
+    *,
+    min_size: int = 500,
+    void: int = 255,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SPINO's fusion of a semantic map (H, W) and a boundary map (H, W bool) into panoptic segments.
+
+    Per thing class: connected components (8-connected); components under `min_size` pixels
+    become void; boundaries are subtracted and components taken again; pieces under `min_size`
+    are dropped; if none survives the whole component is one instance; every other pixel of the
+    component joins its nearest instance. Stuff: one segment per class.
+    Returns (semantic with void, instances (H, W) int32: 1..n per thing class, 0 elsewhere)."""
+    from scipy import ndimage
+
+    semantic = semantic.copy()
+    instances = np.zeros(semantic.shape, np.int32)
+    eight = np.ones((3, 3), bool)
+    for c in things:
+        comps, n = ndimage.label(semantic == c, eight)
+        if n == 0:
+            continue
+        sizes = np.bincount(comps.ravel())
+        next_id = 1
+        for j, box in enumerate(ndimage.find_objects(comps), 1):
+            comp = comps[box] == j
+            if sizes[j] < min_size:
+                semantic[box][comp] = void
+                continue
+            inner = comp if boundary is None else comp & ~boundary[box]
+            pieces, m = ndimage.label(inner, eight)
+            piece_sizes = np.bincount(pieces.ravel(), minlength=m + 1)
+            piece_sizes[0] = 0
+            keep = np.flatnonzero(piece_sizes >= min_size)
+            block = instances[box]
+            if len(keep) <= 1:
+                block[comp] = next_id
+                next_id += 1
+                continue
+            relabel = np.zeros(m + 1, np.int32)
+            relabel[keep] = np.arange(next_id, next_id + len(keep))
+            seeds = relabel[pieces]
+            _, (iy, ix) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+            block[comp] = seeds[iy, ix][comp]
+            next_id += len(keep)
+    return semantic, instances
+
+
+def cityscapes_form(
+    semantic: np.ndarray, instances: np.ndarray, label_ids: np.ndarray, ignore: int, void_label: int
+) -> np.ndarray:
+    """(H, W) uint16 Cityscapes-form ids: labelId * 1000 + (instance - 1) for thing instances,
+    labelId elsewhere, `void_label` where `semantic == ignore`. `label_ids` maps class -> labelId."""
+    lut = np.full(max(int(semantic.max()), ignore) + 1, void_label, np.int64)
+    lut[: len(label_ids)] = label_ids
+    lut[ignore] = void_label
+    ids = lut[semantic]
+    inst = instances > 0
+    ids[inst] = ids[inst] * 1000 + instances[inst] - 1
+    return ids.astype(np.uint16)
+
+
+def coco_segments(ids: np.ndarray, categories: dict[int, bool]) -> tuple[np.ndarray, list[dict]]:
+    """Cityscapes-form ids -> (COCO segment id map (id + 1; 0 = void), segments_info)."""
+    values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    label = np.where(values >= 1000, values // 1000, values)
+    seg = np.where(np.isin(label, list(categories)), values.astype(np.int64) + 1, 0)
+    info = [
+        {"id": int(s), "category_id": int(c), "area": int(n), "iscrowd": 0}
+        for s, c, n in zip(seg, label, counts, strict=True)
+        if s
+    ]
+    return seg[inverse.reshape(ids.shape)], info
+
+
+# ----------------------------------------------------------------------------- writing panoptic artifacts
+def preview(
+    image: np.ndarray, semantic: np.ndarray, ids: np.ndarray, ignore: int, width: int = 480
+) -> np.ndarray:
+    """Image | semantic classes | segments (thing instances in their own colours, outlines white),
+    side by side at `width` pixels each."""
+    import cv2
+
+    from stages.core.imageio import voc_palette
+
+    palette = voc_palette()
+    sem_rgb = palette[np.where(semantic == ignore, 0, semantic + 1) % 256]
+    rng = np.random.default_rng(0)
+    values, inverse = np.unique(ids, return_inverse=True)
+    colours = rng.integers(40, 256, (len(values), 3)).astype(np.uint8)
+    stuff = values < 1000
+    colours[stuff] = (palette[(values[stuff] + 1) % 256] * 0.45).astype(np.uint8)  # stuff dimmed
+    seg_rgb = colours[inverse.reshape(ids.shape)]
+    seg_rgb[boundary_target(ids.astype(np.int64))] = 255
+    h = round(image.shape[0] * width / image.shape[1])
+    panels = [
+        cv2.resize(image, (width, h), interpolation=cv2.INTER_AREA),
+        cv2.resize(
+            ((image * 0.4) + sem_rgb * 0.6).astype(np.uint8), (width, h), interpolation=cv2.INTER_NEAREST
+        ),
+        cv2.resize(seg_rgb, (width, h), interpolation=cv2.INTER_NEAREST),
+    ]
+    return np.concatenate(panels, 1)
+
+
+class PanopticWriter:
+    """Writes one image's panoptic result into an artifact, in every form fsseg promises:
+
+    `semantic/<id>.png` (class ids, ignore = void), `cityscapes/<id>_gtFine_labelIds.png` (uint8),
+    `panoptic/<id>.png` + `segments/<id>.json` (COCO panoptic; `write_coco_json` joins them into
+    `panoptic.json` at the end), `preview/<id>.jpg`, and last `cityscapes/<id>_gtFine_instanceIds.png`
+    (uint16), whose presence marks the item done."""
+
+    def __init__(self, ds):
+        self.ds = ds
+        self.label_ids, self.void_label = ds.panoptic_labels()
+        self.categories = ds.panoptic_categories()
+
+    @staticmethod
+    def done_file(sample_id: str) -> str:
+        return f"cityscapes/{sample_id}_gtFine_instanceIds.png"
+
+    def write(
+        self, art, sample_id: str, image: np.ndarray | None, semantic: np.ndarray, instances: np.ndarray
+    ) -> None:
+        from stages.core.artifacts import atomic_write_json
+        from stages.core.imageio import write_jpeg, write_label
+
+        ignore = self.ds.ignore_index
+        ids = cityscapes_form(semantic, instances, self.label_ids, ignore, self.void_label)
+        write_label(
+            art.file(f"semantic/{sample_id}.png"), semantic.astype(np.uint8 if ignore < 256 else np.uint16)
+        )
+        labels = np.where(ids >= 1000, ids // 1000, ids)
+        write_label(art.file(f"cityscapes/{sample_id}_gtFine_labelIds.png"), labels.astype(np.uint8))
+        seg, info = coco_segments(ids, self.categories)
+        write_coco_png(art.file(f"panoptic/{sample_id}.png"), seg)
+        atomic_write_json(art.file(f"segments/{sample_id}.json"), info)
+        if image is not None:
+            write_jpeg(art.file(f"preview/{sample_id}.jpg"), preview(image, semantic, ids, ignore))
+        write_label(art.file(self.done_file(sample_id)), ids)
+
+    def write_coco_json(self, art, sample_ids: list[str]) -> None:
+        """`panoptic.json` (COCO panoptic) over every item; PNGs in `panoptic/`."""
+        from stages.core.artifacts import atomic_write_json
+
+        names = {int(self.label_ids[c]): n for c, n in enumerate(self.ds.class_names)}
+        annotations = [
+            {
+                "image_id": sid,
+                "file_name": f"{sid}.png",
+                "segments_info": json.loads((art.path / "segments" / f"{sid}.json").read_text()),
+            }
+            for sid in sample_ids
+        ]
+        atomic_write_json(
+            art.file("panoptic.json"),
+            {
+                "images": [{"id": sid, "file_name": f"{sid}.png"} for sid in sample_ids],
+                "annotations": annotations,
+                "categories": [
+                    {"id": c, "name": names[c], "isthing": int(t)} for c, t in self.categories.items()
+                ],
+            },
+        )

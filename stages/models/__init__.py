@@ -13,6 +13,8 @@ MODELS: dict[str, str | Callable[..., Any]] = {
     "imr_hsnet": "stages.models.hsnet:IMRHSNet",
     "hsnet": "stages.models.hsnet:HSNet",
     "pspnet": "stages.models.pspnet:PSPNet",
+    "spino_heads": "stages.models.spino:LabelGenHeads",
+    "panoptic_deeplab": "stages.models.spino:PanopticDeepLab",
 }
 
 

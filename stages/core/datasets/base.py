@@ -103,6 +103,37 @@ class Dataset:
         """Instance id map (0 = no instance) where the dataset has one, else None."""
         return None
 
+    def load_panoptic(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """(label map (H, W), instances (H, W) int32: 1..n within each thing class, 0 elsewhere).
+        Instances come from the dataset's instance ids, or else are the connected components
+        (8-connected) of each thing class, an approximation for datasets without instances."""
+        from scipy import ndimage
+
+        label = self.load_label(sample)
+        raw = self.load_instances(sample)
+        instances = np.zeros(label.shape, np.int32)
+        for c in self.things:
+            mask = label == c
+            if not mask.any():
+                continue
+            if raw is None:
+                comps, _ = ndimage.label(mask, np.ones((3, 3), bool))
+                instances[mask] = comps[mask]
+            else:
+                _, rank = np.unique(raw[mask], return_inverse=True)
+                instances[mask] = rank.ravel() + 1
+        return label, instances
+
+    def panoptic_labels(self) -> tuple[np.ndarray, int]:
+        """(label id of each class, void label id) used in Cityscapes-form panoptic PNGs: the class
+        ids themselves and the ignore index, unless the dataset has its own label ids."""
+        return np.arange(self.num_classes), self.ignore_index
+
+    def panoptic_categories(self) -> dict[int, bool]:
+        """Panoptic categories: label id -> is_thing."""
+        ids, _ = self.panoptic_labels()
+        return {int(ids[c]): c in self.things for c in range(self.num_classes)}
+
     def class_id(self, name_or_id: str | int) -> int:
         """A class id from a name (case-insensitive) or a number; clear error otherwise."""
         if isinstance(name_or_id, int) or str(name_or_id).isdigit():

@@ -240,6 +240,12 @@ class Cityscapes(Dataset):
     def load_instances(self, sample: Sample) -> np.ndarray | None:
         return read_label(sample.instance) if sample.instance and sample.instance.is_file() else None
 
+    def panoptic_labels(self) -> tuple[np.ndarray, int]:
+        label_ids = np.zeros(self.num_classes, np.int64)
+        for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+            label_ids[train_id] = label_id
+        return label_ids, 0  # labelId 0: unlabeled
+
 
 CAMVID_CLASSES = [
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
