@@ -37,7 +37,8 @@ demo: install
 	$(PY) examples/demo_photos.py $(DEMO)/photos
 	$(VENV)/bin/fsseg clip-cam --images $(DEMO)/photos/cat --label cat --out $(DEMO)/cams-cat
 	$(VENV)/bin/fsseg clip-cam --images $(DEMO)/photos/motorcycle --label motorcycle --out $(DEMO)/cams-motorcycle
-	@echo "demo done: look at $(DEMO)/cams-cat/overlays/ and $(DEMO)/cams-motorcycle/overlays/"
+	$(VENV)/bin/fsseg report $(DEMO)
+	@echo "demo done: open $(DEMO)/report/index.html in a browser (overlays in $(DEMO)/cams-*/overlays/)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fsseg_cli import clip_cam, data, evaluate, info, refine, spino
+from fsseg_cli import clip_cam, data, evaluate, info, refine, report, spino
 
 app = typer.Typer(
     name="fsseg",
@@ -31,6 +31,7 @@ app.command("info", help="Versions, devices, and which pretrained weights are in
     info.info
 )
 app.command("evaluate", help=evaluate.HELP)(evaluate.evaluate)
+app.command("report", help=report.HELP)(report.report)
 app.add_typer(data.app, name="data")
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import typer
 
 from fsseg_cli.console import console, handles_errors, progress, setup_logging
 from fsseg_cli.options import Device, Out, Overwrite, Precision, Quiet, Seed, Verbose
+from stages.core.errors import FssegError
 
 PanopticDataset = Literal["cityscapes", "camvid", "folder"]
 Backbone = Literal["dinov2_vitb14", "dinov2_vits14", "dinov2_vitl14", "efficientnet_lite0", "tiny"]
@@ -56,8 +57,8 @@ def _indices(value: str | None) -> list[int] | None:
     try:
         return [int(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a comma-separated list of image indices, e.g. 3,17,42"
+        raise FssegError(
+            f"--indices {value!r} is not a comma-separated list of image indices, e.g. 3,17,42"
         ) from None
 
 
@@ -65,8 +66,8 @@ def _scales(value: str) -> list[float]:
     try:
         return [float(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
-        raise typer.BadParameter(
-            f"{value!r} is not a comma-separated list of scales, e.g. 0.75,1,1.25"
+        raise FssegError(
+            f"--tta-scales {value!r} is not a comma-separated list of scales, e.g. 0.75,1,1.25"
         ) from None
 
 
@@ -246,8 +247,6 @@ def train_panoptic(
     verbose: Verbose = False,
 ) -> None:
     setup_logging(quiet, verbose)
-    from stages.core.errors import FssegError
-
     if predict:
         if checkpoint is None or dataset is None:
             raise FssegError(

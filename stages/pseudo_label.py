@@ -92,6 +92,7 @@ def run_pseudo_label(
     ids = [s.id for s in ds.samples() if s.id not in annotated]
     dev = devices.resolve_device(device)
     devices.check_precision(precision, dev)
+    distributed.init_distributed(dev.type)
     params = {
         "dataset": dataset, "root": str(root.resolve()), "split": ds.split, "tta_scales": list(tta_scales),
         "boundary_threshold": boundary_threshold, "min_segment": min_segment, "precision": precision,

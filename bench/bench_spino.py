@@ -1,0 +1,120 @@
+"""SPINO label generation: fsseg's default (heads at patch resolution, logits upsampled) vs the
+authors' mode (features upsampled x14 before the heads), and the fusion time.
+
+One 1024x2048 image (a smooth synthetic street-like picture), DINOv2 ViT-S/14 with random weights
+(seed 0), heads with random weights (seed 0, 19 classes), single scale, fp32, CPU. Each mode runs
+in its own process (peak RSS) through `stages.pseudo_label.predict_maps`, the code pseudo-label
+runs. Prints seconds (backbone and heads apart), peak RSS, the ratios, and the agreement of the
+two outputs (mIoU of the semantic maps, one taken as reference; boundary-map agreement).
+Fusion: `fuse_panoptic` on a 1024x2048 map with 40 segments (32 car instances in 8 touching
+pairs and rows, 8 stuff regions) and a predicted boundary map.
+Usage: python bench/bench_spino.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def image() -> np.ndarray:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)
+    return cv2.resize(small, (2048, 1024), interpolation=cv2.INTER_CUBIC)
+
+
+def run(mode: str, out: Path) -> None:
+    import torch
+
+    from stages.models.spino import DenseFeatures, LabelGenHeads
+    from stages.pseudo_label import predict_maps
+
+    torch.manual_seed(0)
+    features = DenseFeatures(name="dinov2_vits14", weights="random")
+    torch.manual_seed(0)
+    heads = LabelGenHeads(in_channels=384, num_classes=19, upsample_features=mode == "authors").eval()
+    picture = image()
+    timings = {}
+
+    def timed_features(x):
+        start = time.perf_counter()
+        f = features.__class__.forward(features, x)
+        timings["backbone_s"] = time.perf_counter() - start
+        return f
+
+    features.forward = timed_features
+    start = time.perf_counter()
+    semantic, boundary = predict_maps(features, heads, picture, size=None, scales=(1.0,), device=torch.device("cpu"),
+                                      precision="fp32")  # fmt: skip
+    timings["total_s"] = time.perf_counter() - start
+    timings["heads_s"] = timings["total_s"] - timings["backbone_s"]
+    timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    np.save(out / f"{mode}_semantic.npy", semantic.astype(np.uint8))
+    np.save(out / f"{mode}_boundary.npy", boundary > 0.5)
+    (out / f"{mode}.json").write_text(json.dumps(timings))
+
+
+def fusion_seconds() -> tuple[float, int]:
+    from stages.core.panoptic import fuse_panoptic
+
+    semantic = np.zeros((1024, 2048), np.int64)
+    for i in range(8):  # 8 stuff bands: classes 0..7
+        semantic[i * 128 : (i + 1) * 128] = i
+    boundary = np.zeros(semantic.shape, bool)
+    for row in range(4):
+        for col in range(4):  # 16 blobs of two touching cars each, split by a predicted boundary
+            y, x = 100 + row * 230, 100 + col * 480
+            semantic[y : y + 120, x : x + 300] = 13
+            boundary[y : y + 120, x + 148 : x + 152] = True
+    fuse_panoptic(semantic[:64, :64], boundary[:64, :64], (13,), min_size=500)  # imports scipy: not timed
+    start = time.perf_counter()
+    fused, instances = fuse_panoptic(semantic, boundary, tuple(range(11, 19)), min_size=500)
+    seconds = time.perf_counter() - start
+    return seconds, int(instances.max()) + len(np.unique(fused[instances == 0]))
+
+
+def main() -> None:
+    from stages.core.metrics import ConfusionMatrix
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for mode in ("default", "authors"):
+            subprocess.run([sys.executable, __file__, "--mode", mode, str(out)], check=True)
+        a, b = (json.loads((out / f"{m}.json").read_text()) for m in ("default", "authors"))
+        sem_a, sem_b = np.load(out / "default_semantic.npy"), np.load(out / "authors_semantic.npy")
+        bnd_a, bnd_b = np.load(out / "default_boundary.npy"), np.load(out / "authors_boundary.npy")
+    cm = ConfusionMatrix(19)
+    cm.update(sem_a, sem_b, 255)
+    print("one 1024x2048 image, DINOv2 ViT-S/14 (random weights), single scale, fp32, CPU")
+    print(f"{'mode':34s} {'backbone s':>10s} {'heads s':>9s} {'total s':>9s} {'peak RSS MB':>12s}")
+    for name, r in (("authors (features upsampled x14)", b), ("fsseg default (logits upsampled)", a)):
+        print(
+            f"{name:34s} {r['backbone_s']:10.2f} {r['heads_s']:9.2f} {r['total_s']:9.2f} {r['peak_rss_mb']:12.0f}"
+        )
+    print(f"heads stage: {b['heads_s'] / a['heads_s']:.1f}x faster")
+    print(
+        f"end to end:  {b['total_s'] / a['total_s']:.2f}x faster, peak RSS {a['peak_rss_mb'] / b['peak_rss_mb']:.2f}x"
+    )
+    print(f"agreement: semantic mIoU {100 * cm.miou():.2f} (pixel agreement {100 * (sem_a == sem_b).mean():.2f}%), "
+          f"boundary pixel agreement {100 * (bnd_a == bnd_b).mean():.2f}%")  # fmt: skip
+    seconds, segments = fusion_seconds()
+    print(f"fusion: {seconds:.3f} s for one 1024x2048 map with {segments} segments (target <= 0.5 s)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--mode":
+        run(sys.argv[2], Path(sys.argv[3]))
+    else:
+        main()
