@@ -40,5 +40,10 @@ demo: install
 	$(VENV)/bin/fsseg report $(DEMO)
 	@echo "demo done: open $(DEMO)/report/index.html in a browser (overlays in $(DEMO)/cams-*/overlays/)"
 
+# IMR-HSNet Table 1 through the stages (DATA=.../VOC2012 DEVICE=cuda [CHECKPOINTS=dir]); QUICK=1: synthetic, CPU
+reproduce-table1: install
+	QUICK="$(QUICK)" DATA="$(DATA)" DEVICE="$(DEVICE)" CHECKPOINTS="$(CHECKPOINTS)" OUT="$(OUT)" \
+	  $(PY) examples/reproduce_table1.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

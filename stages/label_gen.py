@@ -23,13 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.core import devices
+from stages.core import devices, training
 from stages.core.artifacts import atomic_write_text, open_artifact
 from stages.core.checkpoints import save_checkpoint
 from stages.core.datasets import open_dataset
 from stages.core.errors import FssegError
 from stages.core.panoptic import boundary_target, segment_ids
-from stages.core.training import loss_png
 from stages.models.spino import (
     DenseFeatures,
     LabelGenHeads,
@@ -233,7 +232,7 @@ def run_label_gen(
             extra={"backbone": backbone, "backbone_weights": backbone_weights, "size": size},
         )  # fmt: skip
         atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
-        loss_png(art.file("loss.png"), history, title="label-gen (semantic + boundary loss)")
+        training.loss_png(art.file("loss.png"), history, title="label-gen (semantic + boundary loss)")
         return art.finish(
             outputs={
                 "heads": "heads.pt",

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.core import devices, distributed
+from stages.core import devices, distributed, training
 from stages.core.artifacts import open_artifact, read_manifest
 from stages.core.datasets import open_dataset
 from stages.core.episodes import DEFAULT_MIN_AREA, read_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import load_float_map, read_image
 from stages.core.metrics import FssMeter
-from stages.core.training import end_epoch, loss_png, resume
 from stages.models.backbones import network_input
 from stages.models.hsnet import HSNet, IMRHSNet
 
@@ -286,7 +285,9 @@ def run_pretrain(
         model.backbone.eval()
         trainable = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
         optimizer = torch.optim.Adam(trainable, lr=lr)
-        start_epoch, best, history = resume(last, model, optimizer, dev)  # continue an unfinished run
+        start_epoch, best, history = training.resume(
+            last, model, optimizer, dev
+        )  # continue an unfinished run
         net = EpisodeLoss(model, method, steps, lambdas, w_s)
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(net)
@@ -363,9 +364,11 @@ def run_pretrain(
                 row["loss"] or 0,
                 "" if val is None else f", val mIoU {100 * val:.2f} (best {100 * best:.2f})",
             )
-            end_epoch(art, model, _name(method), model_kwargs, optimizer, history, best, improved, dist)
+            training.end_epoch(
+                art, model, _name(method), model_kwargs, optimizer, history, best, improved, dist
+            )
         if dist.is_main:
-            loss_png(art.file("loss.png"), history)
+            training.loss_png(art.file("loss.png"), history)
         checksum = float(sum(p.detach().double().sum() for p in trainable))
         checksums = distributed.all_gather_objects(checksum, dist)  # every rank must hold the same weights
         if len(set(checksums)) > 1:
@@ -461,7 +464,7 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
     model = PSPNet(**(model_kwargs | {"backbone_weights": h.backbone_weights})).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
     last = art.path / "checkpoints" / "last.pt"
-    start_epoch, best, history = resume(last, model, optimizer, dev)
+    start_epoch, best, history = training.resume(last, model, optimizer, dev)
     net = PSPNetLoss(
         model,
         smoothing=h.smoothing,
@@ -529,7 +532,7 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
             row["loss"],
             "" if val is None else f", val mIoU (background + base) {100 * val:.2f}",
         )
-        end_epoch(
+        training.end_epoch(
             art,
             model,
             "pspnet",
@@ -542,7 +545,7 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
             extra={"base_classes": list(base)},
         )
     if dist.is_main:
-        loss_png(art.file("loss.png"), history)
+        training.loss_png(art.file("loss.png"), history)
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     return {
         "best": "checkpoints/best.pt",

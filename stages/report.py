@@ -67,7 +67,9 @@ def _manifests(run_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
             continue
         if isinstance(manifest, dict) and "kind" in manifest:
             found.append((path.stat().st_mtime_ns, path.parent, manifest))
-    return [(folder, manifest) for _, folder, manifest in sorted(found, key=lambda item: (item[0], str(item[1])))]
+    return [
+        (folder, manifest) for _, folder, manifest in sorted(found, key=lambda item: (item[0], str(item[1])))
+    ]
 
 
 def _esc(value: Any) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.core import devices, distributed
+from stages.core import devices, distributed, training
 from stages.core.artifacts import open_artifact, read_manifest, run_items
 from stages.core.checkpoints import build_from_checkpoint
 from stages.core.datasets import open_dataset
@@ -32,7 +32,6 @@ from stages.core.errors import FssegError
 from stages.core.imageio import read_label
 from stages.core.metrics import ConfusionMatrix, PanopticQuality
 from stages.core.panoptic import PanopticWriter, cityscapes_form, from_instance_ids
-from stages.core.training import end_epoch, loss_png, resume
 from stages.models.spino import (
     PanopticDeepLab,
     bootstrapped_ce,
@@ -246,7 +245,9 @@ def run_train_panoptic(
         hw = input_size(first.shape[:2], size, model.backbone.multiple)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=lr)
-        start_epoch, best, history = resume(art.path / "checkpoints" / "last.pt", model, optimizer, dev)
+        start_epoch, best, history = training.resume(
+            art.path / "checkpoints" / "last.pt", model, optimizer, dev
+        )
         net = torch.nn.parallel.DistributedDataParallel(model) if dist.enabled else model
         data = PanopticData(ds, pseudo_dir, hw)
         gt_data = PanopticData(gt_ds, pseudo_dir, hw)
@@ -300,10 +301,10 @@ def run_train_panoptic(
             log.info(
                 "epoch %d/%d: loss %.4f%s", epoch + 1, epochs, row["loss"], f", val {val}" if val else ""
             )
-            end_epoch(art, model, "panoptic_deeplab", model_kwargs, optimizer, history, best, improved, dist,
+            training.end_epoch(art, model, "panoptic_deeplab", model_kwargs, optimizer, history, best, improved, dist,
                       extra={"size_hw": list(hw), "things": list(ds.things)}, score_key="val_pq")  # fmt: skip
         if dist.is_main:
-            loss_png(
+            training.loss_png(
                 art.file("loss.png"),
                 history,
                 title="train-panoptic",
