@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fsseg-installed
 
-.PHONY: install test test-real lint bench demo clean
+.PHONY: install test test-real lint bench demo clean reproduce-table1 reproduce-gfss reproduce-spino
 
 install: $(STAMP)
 
@@ -40,10 +40,12 @@ demo: install
 	$(VENV)/bin/fsseg report $(DEMO)
 	@echo "demo done: open $(DEMO)/report/index.html in a browser (overlays in $(DEMO)/cams-*/overlays/)"
 
-# IMR-HSNet Table 1 through the stages (DATA=.../VOC2012 DEVICE=cuda [CHECKPOINTS=dir]); QUICK=1: synthetic, CPU
-reproduce-table1: install
-	QUICK="$(QUICK)" DATA="$(DATA)" DEVICE="$(DEVICE)" CHECKPOINTS="$(CHECKPOINTS)" OUT="$(OUT)" \
-	  $(PY) examples/reproduce_table1.py
+# The seeds' headline experiments through the stages (DATA=... DEVICE=cuda; table1: CHECKPOINTS=dir);
+# QUICK=1: the same chain on synthetic data with tiny models, on the CPU (CI runs these)
+REPRODUCE_ENV = QUICK="$(QUICK)" DATA="$(DATA)" DEVICE="$(DEVICE)" CHECKPOINTS="$(CHECKPOINTS)" OUT="$(OUT)" \
+	EPISODES="$(EPISODES)" TRAIN_SPLIT="$(TRAIN_SPLIT)" VAL_SPLIT="$(VAL_SPLIT)"
+reproduce-table1 reproduce-gfss reproduce-spino: install
+	$(REPRODUCE_ENV) $(PY) examples/reproduce.py $(@:reproduce-%=%)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
