@@ -61,9 +61,12 @@ def choose_indices(ds, k: int, indices: Sequence[int] | None, seed: int) -> list
                 f"full train split (2975 images); this split has {n}: pass --indices or another --k"
             )
         return list(CITYSCAPES_K10)
-    if not 1 <= k <= n:
-        raise FssegError(f"--k {k} is out of range: {ds.name} split {ds.split!r} has {n} images")
-    return sorted(np.random.default_rng(seed).choice(n, size=k, replace=False).tolist())
+    labelled = [i for i, s in enumerate(ds.samples()) if s.label is not None and s.label.is_file()]
+    if not 1 <= k <= len(labelled):
+        raise FssegError(
+            f"--k {k} is out of range: {ds.name} split {ds.split!r} has {len(labelled)} images with labels"
+        )
+    return sorted(np.random.default_rng(seed).choice(labelled, size=k, replace=False).tolist())
 
 
 def augmented_view(
