@@ -8,7 +8,10 @@ runs. Prints seconds (backbone and heads apart), peak RSS, the ratios, and the a
 two outputs (mIoU of the semantic maps, one taken as reference; boundary-map agreement).
 Fusion: `fuse_panoptic` on a 1024x2048 map with 40 segments (32 car instances in 8 touching
 pairs and rows, 8 stuff regions) and a predicted boundary map.
-Usage: python bench/bench_spino.py
+With `--heads DIR` (a trained label-gen artifact) it also runs those heads in both modes over
+the validation split of their dataset and prints each mode's mIoU against the ground truth and
+their agreement: the difference of the modes on real features (heads trained in the default mode).
+Usage: python bench/bench_spino.py [--heads DIR [--split val] [--limit N]]
 """
 
 from __future__ import annotations
@@ -113,8 +116,53 @@ def main() -> None:
     print(f"fusion: {seconds:.3f} s for one 1024x2048 map with {segments} segments (target <= 0.5 s)")
 
 
+def real_heads(heads_dir: Path, split: str, limit: int | None) -> None:
+    import torch
+
+    from stages.core.artifacts import read_manifest
+    from stages.core.checkpoints import build_from_checkpoint
+    from stages.core.datasets import open_dataset
+    from stages.core.metrics import ConfusionMatrix
+    from stages.models.spino import DenseFeatures
+    from stages.pseudo_label import predict_maps
+
+    made = read_manifest(heads_dir, "label-gen")["params"]
+    ds = open_dataset(made["dataset"], made["root"], split)
+    heads, ckpt = build_from_checkpoint(heads_dir / "heads.pt")
+    heads.eval()
+    features = DenseFeatures(name=ckpt["backbone"], weights=ckpt["backbone_weights"])
+    n = ds.num_classes
+    cms = {"default": ConfusionMatrix(n), "authors": ConfusionMatrix(n)}
+    agree, seconds = ConfusionMatrix(n), {"default": 0.0, "authors": 0.0}
+    samples = ds.samples()[: limit or None]
+    for sample in samples:
+        image, label = ds.load_image(sample), ds.load_label(sample)
+        preds = {}
+        for mode in ("default", "authors"):
+            heads.upsample_features = mode == "authors"
+            start = time.perf_counter()
+            preds[mode], _ = predict_maps(features, heads, image, size=ckpt["size"], scales=(1.0,),
+                                          device=torch.device("cpu"), precision="fp32")  # fmt: skip
+            seconds[mode] += time.perf_counter() - start
+            cms[mode].update(preds[mode], label, ds.ignore_index)
+        agree.update(preds["default"], preds["authors"], 255)
+    print(f"\ntrained heads {heads_dir} ({ckpt['backbone']}), {len(samples)} {ds.name} {split} images:")
+    for mode, cm in cms.items():
+        print(
+            f"  {mode:8s} mIoU vs ground truth {100 * cm.miou():6.2f}   {seconds[mode] / len(samples):6.3f} s/image"
+        )
+    print(f"  agreement of the two modes: mIoU {100 * agree.miou():.2f}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--mode":
         run(sys.argv[2], Path(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--heads":
+        args = dict(zip(sys.argv[1::2], sys.argv[2::2], strict=False))
+        real_heads(
+            Path(args["--heads"]),
+            args.get("--split", "val"),
+            int(args["--limit"]) if "--limit" in args else None,
+        )
     else:
         main()

@@ -92,6 +92,14 @@ Size = Annotated[
     int | None, typer.Option("--size", min=14, help="Network input height (default: the image's own height).")
 ]
 
+Views = Annotated[int, typer.Option("--views", min=1, help="label-gen: cached views per image and head.")]
+EpochsSemantic = Annotated[
+    int, typer.Option("--epochs-semantic", min=1, help="label-gen: semantic head epochs.")
+]
+EpochsBoundary = Annotated[
+    int, typer.Option("--epochs-boundary", min=1, help="label-gen: boundary head epochs.")
+]
+
 
 def _root(dataset: str, root: Path | None) -> Path:
     return root if root is not None else Path("data") / dataset
@@ -108,9 +116,9 @@ def label_gen(
     backbone: BackboneOpt = "dinov2_vitb14",
     backbone_weights: BackboneWeights = "auto",
     size: Size = None,
-    views: Annotated[int, typer.Option("--views", min=1, help="Cached views per image and head.")] = 5,
-    epochs_semantic: Annotated[int, typer.Option("--epochs-semantic", min=1)] = 50,
-    epochs_boundary: Annotated[int, typer.Option("--epochs-boundary", min=1)] = 40,
+    views: Views = 5,
+    epochs_semantic: EpochsSemantic = 50,
+    epochs_boundary: EpochsBoundary = 40,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
     upsample_features: Annotated[
         bool, typer.Option("--upsample-features", help="The authors' mode: heads on upsampled features.")
@@ -160,11 +168,9 @@ def pseudo_label(
     backbone: BackboneOpt = "dinov2_vitb14",
     backbone_weights: BackboneWeights = "auto",
     size: Size = None,
-    views: Annotated[
-        int, typer.Option("--views", min=1, help="label-gen: cached views per image and head.")
-    ] = 5,
-    epochs_semantic: Annotated[int, typer.Option("--epochs-semantic", min=1)] = 50,
-    epochs_boundary: Annotated[int, typer.Option("--epochs-boundary", min=1)] = 40,
+    views: Views = 5,
+    epochs_semantic: EpochsSemantic = 50,
+    epochs_boundary: EpochsBoundary = 40,
     tta_scales: Annotated[
         str, typer.Option("--tta-scales", help="Test-time scales, averaged (opt-in, e.g. 0.75,1,1.25).")
     ] = "1",

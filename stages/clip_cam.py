@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.core import devices
+from stages.core import devices, distributed
 from stages.core.artifacts import open_artifact
 from stages.core.datasets import open_dataset
 from stages.core.datasets.readers import CAMVID_CLASSES, COCO_CLASSES, VOC_CLASSES
@@ -130,6 +130,7 @@ def run_clip_cam(
         raise FssegError(f"--input-size must be a multiple of 32 and at least 64, got {input_size}")
     devices.seed_everything(seed)
     dev = devices.resolve_device(device)
+    distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
     devices.check_precision(precision, dev)
 
     if images is not None:
@@ -179,7 +180,10 @@ def run_clip_cam(
         "cam_size": cam_size,
         "precision": precision,
     }
-    inputs = [images if Path(str(images)).exists() else Path(str(images)).parent] if images else [root]
+    source = Path(str(images)) if images else Path(root)
+    while not source.exists():  # a glob: its nearest existing folder
+        source = source.parent
+    inputs = [source]
     with open_artifact(
         out_dir, kind="cams", stage="clip-cam", params=params, inputs=inputs, seed=seed, overwrite=overwrite
     ) as art:
@@ -198,9 +202,10 @@ def run_clip_cam(
             precision=precision,
         )
 
-        todo = [i for i in items if not all(art.has(p) for p in _outputs(i))]
+        mine = distributed.shard(items, art.dist)  # this rank's share (all of it in one process)
+        todo = [i for i in mine if not all(art.has(p) for p in _outputs(i))]
         failed: list[dict[str, str]] = []
-        done = len(items) - len(todo)
+        done = len(mine) - len(todo)
         pool = ThreadPoolExecutor(max_workers=max(1, num_workers))
 
         def load(item: CamItem):
@@ -232,8 +237,9 @@ def run_clip_cam(
                 )
             done += len(loaded)
             if on_progress is not None:
-                on_progress(done, len(items))
+                on_progress(done, len(mine))
         pool.shutdown()
+        failed = [f for part in distributed.all_gather_objects(failed, art.dist) for f in part]
         return art.finish(
             outputs={
                 "cams": "cams",

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stages.core import devices
+from stages.core import devices, distributed
 from stages.core.artifacts import open_artifact, read_manifest, run_items
 from stages.core.checkpoints import build_from_checkpoint, load_checkpoint
 from stages.core.datasets import open_dataset
@@ -216,6 +216,7 @@ def run_refine(
         raise FssegError(f"--steps must be at least 1, got {steps}")
     devices.seed_everything(seed)
     dev = devices.resolve_device(device)
+    distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
     devices.check_precision(precision, dev)
     model, method, backbone = load_refiner(checkpoint, dev)
     cam_artifact = None

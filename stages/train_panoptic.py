@@ -339,6 +339,7 @@ def run_predict_panoptic(
     """Panoptic predictions of a trained model for every image of a split."""
     ds = open_dataset(dataset, root, split)
     dev = devices.resolve_device(device)
+    distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
     params = {
         "dataset": dataset,
         "root": str(Path(root).resolve()),

@@ -311,3 +311,29 @@ def test_user_errors(photos, tmp_path, args, expected):
     proc = run_fsseg("clip-cam", "--images", photos / "cat", *args, "--out", tmp_path / "x")
     assert expected in error_line(proc)
     assert not (tmp_path / "x").exists()
+
+
+def test_torchrun_shards_images_and_matches_one_process(photos, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    images = str(photos / "*" / "*.png")  # the cat and the two motorcycles
+    args = ["clip-cam", "--images", images, "--label", "cat", "--backend", "imagenet", "--device", "cpu"]
+    assert run_fsseg(*args, "--out", tmp_path / "one").returncode == 0
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "fsseg_cli.main", *args, "-q",
+         "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["world_size"] == 2
+    one = sorted(p.name for p in (tmp_path / "one" / "masks").iterdir())
+    assert one == sorted(p.name for p in (tmp_path / "two" / "masks").iterdir()) and len(one) >= 2
+    for name in one:
+        a = np.asarray(Image.open(tmp_path / "one" / "masks" / name))
+        b = np.asarray(Image.open(tmp_path / "two" / "masks" / name))
+        assert (a == b).mean() > 0.999, name

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from stages.core import distributed
 from stages.core.artifacts import open_artifact, run_items
 from stages.core.datasets import open_dataset
 from stages.core.panoptic import PanopticWriter
@@ -21,6 +22,7 @@ def export_panoptic_gt(
     on_progress: Callable[..., None] | None = None,
 ) -> Path:
     ds = open_dataset(dataset, root, split)
+    distributed.init_distributed("cpu")  # under torchrun: join, then shard the images
     params = {"dataset": dataset, "root": str(Path(root).resolve()), "split": ds.split}
     with open_artifact(
         out_dir, kind="panoptic-gt", stage="data panoptic-gt", params=params, overwrite=overwrite
