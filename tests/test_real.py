@@ -51,3 +51,44 @@ def test_camvid_val_cams_follow_the_labels(tmp_path):
         inside.append(cam[label == 8].mean())
         outside.append(cam[(label != 8) & (label != 11)].mean())
     assert len(inside) > 20 and np.mean(inside) > 1.5 * np.mean(outside)
+
+
+def test_cityscapes_panoptic_ground_truth_round_trips(tmp_path):
+    """The real Cityscapes frame's instanceIds -> fsseg's panoptic forms -> PQ 100 against the
+    original gtFine files (the Cityscapes-form and COCO writers keep every segment)."""
+    root = shared_data("cityscapes-mini")
+    run_fsseg("data", "panoptic-gt", "cityscapes", "--root", root, "--split", "val", "--out", tmp_path / "gt",
+              check=True)  # fmt: skip
+    proc = run_fsseg("evaluate", "--task", "panoptic", "--dataset", "cityscapes", "--pred", tmp_path / "gt",
+                     "--gt", root / "gtFine" / "val", "--out", tmp_path / "ev", check=True)  # fmt: skip
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["pq"] == pytest.approx(100.0) and metrics["things"]["n"] >= 1, proc.stdout
+
+
+def test_camvid_label_gen_and_pseudo_labels_beat_chance(tmp_path):
+    """label-gen on 5 CamVid train images (Lite0 real weights, short schedule), pseudo-labels of
+    val: the semantic mIoU is far above chance and the panoptic artifact scores."""
+    root = shared_data("camvid")
+    common = ("--backbone", "efficientnet_lite0", "--device", "cpu", "-q")
+    run_fsseg("label-gen", "camvid", "--root", root, "--k", "5", "--views", "2", "--epochs-semantic", "10",
+              "--epochs-boundary", "5", *common, "--out", tmp_path / "heads", check=True)  # fmt: skip
+    run_fsseg("pseudo-label", "camvid", "--root", root, "--heads", tmp_path / "heads", "--split", "val",
+              "--min-segment", "40", "--device", "cpu", "-q", "--out", tmp_path / "pl", check=True)  # fmt: skip
+    run_fsseg("evaluate", "--task", "semantic", "--pred", tmp_path / "pl" / "semantic", "--gt", root / "valannot",
+              "--num-classes", "11", "--ignore-index", "11", "--out", tmp_path / "ev", "-q", check=True)  # fmt: skip
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["miou"] > 25
+    run_fsseg(
+        "data",
+        "panoptic-gt",
+        "camvid",
+        "--root",
+        root,
+        "--split",
+        "val",
+        "--out",
+        tmp_path / "gt",
+        check=True,
+    )
+    run_fsseg("evaluate", "--task", "panoptic", "--dataset", "camvid", "--pred", tmp_path / "pl", "--gt",
+              tmp_path / "gt", "--out", tmp_path / "pq", "-q", check=True)  # fmt: skip
+    assert json.loads((tmp_path / "pq" / "metrics.json").read_text())["stuff"]["pq"] > 20
