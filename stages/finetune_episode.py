@@ -358,7 +358,7 @@ def _predict(art, relpath, feats, image_id, w, b, mode, doc, base, novel, binary
     f, _, shape = feats(image_id)
     logits = torch.einsum("dhw,kd->khw", f, w) + b[:, None, None]
     logits = F.interpolate(logits[None], size=shape, mode="bilinear", align_corners=True)[0]
-    arg = logits.argmax(0).cpu().numpy()
+    arg = logits.max(0).indices.cpu().numpy()  # argmax(0) is ~40x slower on CPU here
     if mode == "fss":
         write_label(art.file(relpath), (arg == 1).astype(np.uint8))
         return

@@ -127,7 +127,7 @@ def validate(
                     q_levels, s_levels, qm[None].to(device), sm[None].to(device), steps=steps
                 )[0][-1]
             logits = F.interpolate(logits.float(), size=qt.shape, mode="bilinear", align_corners=True)
-            meter.update(logits.argmax(1)[0].cpu().numpy(), qt.numpy(), ep["class"], 255)
+            meter.update(logits.max(1).indices[0].cpu().numpy(), qt.numpy(), ep["class"], 255)
     total = FssMeter()
     for part in distributed.all_gather_objects(meter, dist):
         total = total + part
@@ -444,7 +444,9 @@ class PSPNetLoss(torch.nn.Module):
             small = F.interpolate(labels[:, None].float(), size=feats.shape[-2:], mode="nearest")[:, 0].long()
             emb = F.normalize(self.model.projection(feats).float(), dim=1)
             emb = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
-            idx = sample_anchors(small, logits.argmax(1), max_anchors=self.max_anchors, generator=generator)
+            idx = sample_anchors(
+                small, logits.max(1).indices, max_anchors=self.max_anchors, generator=generator
+            )
             if len(idx) > 1:
                 loss = loss + self.contrastive * pixel_info_nce(
                     emb[idx],
@@ -570,9 +572,11 @@ def _pspnet_val(model, ds, base, size, backbone, limit, dist, dev, precision) ->
         for image_id in distributed.shard(ids, dist):
             image, label = data(image_id)
             logits = model(image[None].to(dev))[1]
-            pred = F.interpolate(
-                logits.float(), size=label.shape, mode="bilinear", align_corners=True
-            ).argmax(1)[0]
+            pred = (
+                F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=True)
+                .max(1)
+                .indices[0]
+            )
             cm.update(pred.cpu().numpy(), label.numpy(), 255)
     total = ConfusionMatrix(len(base) + 1)
     for part in distributed.all_gather_objects(cm, dist):

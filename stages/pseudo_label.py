@@ -51,7 +51,7 @@ def predict_maps(
             sem, bnd = heads(features(x), (h, w))
         probs = probs + sem.float().softmax(1)[0]
         boundary = boundary + bnd.float().sigmoid()[0, 0]
-    return probs.argmax(0).cpu().numpy(), (boundary / len(scales)).cpu().numpy()
+    return probs.max(0).indices.cpu().numpy(), (boundary / len(scales)).cpu().numpy()
 
 
 def run_pseudo_label(

@@ -296,7 +296,7 @@ def panoptic_inference(
     Centers: heatmap peaks above `threshold` after `nms_kernel` max-pooling, the `top_k` best.
     Each thing pixel joins the center nearest to (its position + its offset); an instance's
     class is the majority vote of its pixels' semantic classes."""
-    classes = semantic.argmax(0)
+    classes = semantic.max(0).indices  # = argmax(0), which is far slower on CPU
     h, w = classes.shape
     heat = center[0]
     pooled = F.max_pool2d(heat[None, None], nms_kernel, stride=1, padding=nms_kernel // 2)[0, 0]
