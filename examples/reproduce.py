@@ -75,7 +75,6 @@ class Settings:
         self.train_split = os.environ.get("TRAIN_SPLIT") or ("train" if self.quick else "train_aug")
         self.val_split = os.environ.get("VAL_SPLIT") or "val"
         self.data = Path(os.environ["DATA"]) if os.environ.get("DATA") else None
-        self.out.mkdir(parents=True, exist_ok=True)
 
 
 def voc_data(cfg: Settings, per_class: int = 6, val_per_class: int = 2) -> Path:
@@ -172,6 +171,7 @@ def table1() -> None:
         train = ["--backbone", "resnet50"]
         size, min_area = "400", "2048"
     out, dev = cfg.out, cfg.device
+    out.mkdir(parents=True, exist_ok=True)
     fsseg("clip-cam", "--dataset", "pascal", "--root", data, "--split", cfg.val_split, *cam, *dev, "-q",
           "--out", out / "cams-val")  # fmt: skip
     if checkpoints is None:
@@ -219,6 +219,7 @@ def gfss() -> None:
     else:
         train, tune, min_area = ["--backbone", "resnet50"], [], "2048"
     out, dev = cfg.out, cfg.device
+    out.mkdir(parents=True, exist_ok=True)
     rows = {}
     for fold in range(4):
         f = out / f"fold{fold}"
@@ -339,6 +340,7 @@ def spino() -> None:
         panoptic = ["--backbone", "dinov2_vitb14"]
         fusion = []
     out, dev = cfg.out, cfg.device
+    out.mkdir(parents=True, exist_ok=True)
     fsseg("data", "panoptic-gt", "cityscapes", "--root", data, "--split", "val", "--out", out / "gt-val")
     fsseg(
         "label-gen",
