@@ -338,3 +338,25 @@ def test_spino_user_errors(street, tmp_path):
                                 "folder", "--root", street, "--split", "all", "--out", tmp_path / "e"))  # fmt: skip
     assert "spino_heads" in line and "train-panoptic checkpoint" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists()
+
+
+def test_train_panoptic_ddp_two_processes_keep_identical_weights(street, tmp_path):
+    from stages.label_gen import run_label_gen
+    from stages.pseudo_label import run_pseudo_label
+
+    run_label_gen(tmp_path / "lg", dataset="folder", root=street, k=3, backbone="tiny", backbone_weights="random",
+                  views=1, epochs_semantic=1, epochs_boundary=1, device="cpu")  # fmt: skip
+    run_pseudo_label(tmp_path / "pl", heads=tmp_path / "lg", min_segment=20, device="cpu")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "fsseg_cli.main", "train-panoptic",
+         "--pseudo", str(tmp_path / "pl"), *TINY, "--tiny", "--epochs", "2", "--batch-size", "2", "-q",
+         "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
+    checksums = manifest["outputs"]["rank_weight_checksums"]
+    assert manifest["world_size"] == 2 and len(checksums) == 2 and checksums[0] == checksums[1]
+    assert len(manifest["outputs"]["history"]) == 2
