@@ -360,3 +360,17 @@ def test_train_panoptic_ddp_two_processes_keep_identical_weights(street, tmp_pat
     checksums = manifest["outputs"]["rank_weight_checksums"]
     assert manifest["world_size"] == 2 and len(checksums) == 2 and checksums[0] == checksums[1]
     assert len(manifest["outputs"]["history"]) == 2
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "efficientnet_lite0", "tiny"])
+def test_panoptic_model_shapes_and_trainable_parts(backbone):
+    from stages.models.spino import PanopticDeepLab
+
+    model = PanopticDeepLab(
+        backbone=backbone, num_classes=5, backbone_weights=None, channels=16, head_channels=8
+    )
+    out = model(torch.zeros(2, 3, 56, 112))  # sides: multiples of the ViT's 14
+    assert out["semantic"].shape == (2, 5, 56, 112) and out["center"].shape == (2, 1, 56, 112)
+    assert out["offset"].shape == (2, 2, 56, 112)
+    backbone_trainable = any(p.requires_grad for p in model.backbone.parameters())
+    assert backbone_trainable == (backbone == "resnet50")  # frozen backbones get only the adapter trained
