@@ -221,6 +221,10 @@ def run_train_panoptic(
         p.name[: -len("_gtFine_instanceIds.png")]
         for p in (pseudo_dir / "cityscapes").glob("*_gtFine_instanceIds.png")
     )
+    if not pseudo_ids:
+        raise FssegError(
+            f"{pseudo_dir} holds no pseudo-labels (cityscapes/*_gtFine_instanceIds.png); rerun fsseg pseudo-label"
+        )
     gt_ids = list(made["annotated_ids"]) if mixed else []
     dev = devices.resolve_device(device)
     dist = distributed.init_distributed(dev.type)
