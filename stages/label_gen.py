@@ -166,11 +166,11 @@ def run_label_gen(
         total_views = 2 * views * len(samples)
         started = time.time()
         for n, sample in enumerate(samples):
-            image, label = ds.load_image(sample), ds.load_label(sample)
+            image, (label, instances) = ds.load_image(sample), ds.load_panoptic(sample)
             if label.shape != image.shape[:2]:
                 raise FssegError(f"{sample.label} is {label.shape[1]}x{label.shape[0]} but its image is "
                                  f"{image.shape[1]}x{image.shape[0]}; fix the dataset")  # fmt: skip
-            ids = segment_ids(label, set(ds.things), ds.ignore_index, ds.load_instances(sample))
+            ids = segment_ids(label, instances, ds.things, ds.ignore_index)
             hw = input_size(label.shape, size, features.multiple)
             for h_i, (head, scale) in enumerate(SCALES.items()):
                 per_image = []

@@ -125,9 +125,7 @@ def run_pseudo_label(
             writer.write(art, sample_id, image, semantic, instances)
 
         done = run_items(art, ids, lambda i: art.has(writer.done_file(i)), work, on_progress)
-        distributed.barrier(art.dist)
-        if art.dist.is_main:
-            writer.write_coco_json(art, ids)
+        writer.write_coco_json(art, ids)
         return art.finish(
             outputs={
                 "images": len(ids), "labelled_by_rank0": done, "semantic": "semantic/", "cityscapes": "cityscapes/",

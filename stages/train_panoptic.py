@@ -379,9 +379,7 @@ def run_predict_panoptic(
             )
 
         run_items(art, ids, lambda i: art.has(writer.done_file(i)), work, on_progress)
-        distributed.barrier(art.dist)
-        if art.dist.is_main:
-            writer.write_coco_json(art, ids)
+        writer.write_coco_json(art, ids)
         return art.finish(
             outputs={"images": len(ids), "cityscapes": "cityscapes/", "coco_panoptic": "panoptic.json"},
             label_map=ds.class_names,

@@ -104,24 +104,14 @@ def write_coco_png(path: Path, ids: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------------- building panoptic maps
 def segment_ids(
-    semantic: np.ndarray, things: set[int] | tuple[int, ...], ignore: int, instances: np.ndarray | None = None
+    semantic: np.ndarray, instances: np.ndarray, things: tuple[int, ...], ignore: int
 ) -> np.ndarray:
-    """One id per segment (H, W) int64: stuff pixels get their class, thing pixels their instance
-    (from `instances` where given, else connected components of the class, 8-connected), void -1."""
-    from scipy import ndimage
-
+    """One id per segment (H, W) int64 from `Dataset.load_panoptic`'s maps: stuff pixels get their
+    class, thing pixels their instance, void -1."""
     ids = semantic.astype(np.int64)
     ids[semantic == ignore] = -1
-    offset = 1 << 20
-    for c in things:
-        mask = semantic == c
-        if not mask.any():
-            continue
-        if instances is not None:
-            ids[mask] = offset * (c + 1) + instances[mask].astype(np.int64)
-        else:
-            comps, _ = ndimage.label(mask, np.ones((3, 3), bool))
-            ids[mask] = offset * (c + 1) + comps[mask]
+    thing = np.isin(semantic, things) & (instances > 0)
+    ids[thing] = (semantic[thing].astype(np.int64) + 1) << 20 | instances[thing]
     return ids
 
 
@@ -279,8 +269,14 @@ class PanopticWriter:
         write_label(art.file(self.done_file(sample_id)), ids)
 
     def write_coco_json(self, art, sample_ids: list[str]) -> None:
-        """`panoptic.json` (COCO panoptic) over every item; PNGs in `panoptic/`."""
+        """`panoptic.json` (COCO panoptic) over every item; PNGs in `panoptic/`. Every rank calls
+        it: rank 0 writes once all ranks have written their items."""
+        from stages.core import distributed
         from stages.core.artifacts import atomic_write_json
+
+        distributed.barrier(art.dist)
+        if not art.dist.is_main:
+            return
 
         names = {int(self.label_ids[c]): n for c, n in enumerate(self.ds.class_names)}
         annotations = [

@@ -37,8 +37,7 @@ def export_panoptic_gt(
             writer.write(art, sample_id, None, *ds.load_panoptic(sample))
 
         run_items(art, ids, lambda i: art.has(writer.done_file(i)), work, on_progress)
-        if art.dist.is_main:
-            writer.write_coco_json(art, ids)
+        writer.write_coco_json(art, ids)
         instances = (
             "dataset instance ids"
             if ds.load_instances(ds.samples()[0]) is not None
