@@ -105,15 +105,19 @@ def _support_data(feats: Features, ds, image_id: str, cls: int):
 
 
 def _pixel_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:
-    """Classifier logits of support features, upsampled to the input size: x (E, S, D, h, w) ->
-    (E, S*size*size, K). A 1x1 classifier commutes with bilinear upsampling, so this equals
+    """Classifier logits of support features, upsampled to the input size: x (E, D, S, h, w) ->
+    (E, K, S*size*size). A 1x1 classifier commutes with bilinear upsampling, so this equals
     classifying upsampled features, without materialising them."""
-    e, s, _, h, wd = x.shape
-    logits = torch.einsum("esdhw,ekd->eskhw", x, w) + b[:, None, :, None, None]
+    e, d, s, h, wd = x.shape
+    k = w.shape[1]
+    logits = torch.bmm(w, x.view(e, d, -1)) + b[:, :, None]  # (E, K, S*h*w): one matrix product per episode
     logits = F.interpolate(
-        logits.reshape(e * s, -1, h, wd), size=(size, size), mode="bilinear", align_corners=True
+        logits.view(e, k, s, h, wd).transpose(1, 2).reshape(e * s, k, h, wd),
+        size=(size, size),
+        mode="bilinear",
+        align_corners=True,
     )
-    return logits.reshape(e, s, -1, size, size).permute(0, 1, 3, 4, 2).reshape(e, s * size * size, -1)
+    return logits.view(e, s, k, -1).transpose(1, 2).reshape(e, k, -1)
 
 
 def train_classifiers(
@@ -140,15 +144,17 @@ def train_classifiers(
     w = init_w.clone().requires_grad_(True)
     b = init_b.clone().requires_grad_(True)
     optimizer = torch.optim.SGD([w, b], lr=lr)
+    x = x.transpose(1, 2).contiguous()  # (E, D, S, h, w) or (E, D, N): logits are matrix products
     for _ in range(steps):
         if x.dim() == 5:
-            logits = _pixel_logits(x, w, b, size)
+            by_class = _pixel_logits(x, w, b, size)  # (E, K, N)
         else:
-            logits = torch.einsum("end,ekd->enk", x, w) + b[:, None, :]
+            by_class = torch.bmm(w, x) + b[:, :, None]
         if mode == "fss":
-            per_pixel = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            per_pixel = F.cross_entropy(by_class, target, reduction="none")
             loss = (per_pixel * valid).sum(1) / valid.sum(1).clamp(min=1)
         else:
+            logits = by_class.transpose(1, 2)  # (E, N, K)
             loss = reformulated_ce(logits, target, column, valid)
             if gamma > 0:
                 loss = loss + gamma * distillation(logits, teacher, n_old, valid)

@@ -13,7 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.models.hsnet import HSNet, IMRHSNet, PairCorrelation, correlation, mask_levels
+from stages.models.hsnet import (
+    CenterPivotConv4d,
+    GroupNorm4d,
+    HSNet,
+    IMRHSNet,
+    PairCorrelation,
+    correlation,
+    mask_levels,
+)
 from tests.conftest import ROOT, error_line, make_voc_tree, run_fsseg, shared_data
 
 REFERENCE = ROOT.parent / "shared" / "reference"
@@ -121,8 +129,8 @@ def test_architecture_at_400():
         q, s = model.backbone(torch.randn(1, 3, 400, 400)), model.backbone(torch.randn(1, 3, 400, 400))
         assert [level[0].shape[-1] for level in q] == [50, 25, 13]
         sq = model.hpn_learner.encoder_layer2(correlation(q[0], s[0]))
-        assert sq.shape == (1, 16, 50, 50, 2, 2)  # the support dims end at 2x2 on every level
-        assert model.hpn_learner.encoder_layer4(correlation(q[2], s[2])).shape[-2:] == (2, 2)
+        assert sq.shape == (1, 50, 50, 2, 2, 16)  # the support dims end at 2x2 on every level
+        assert model.hpn_learner.encoder_layer4(correlation(q[2], s[2])).shape[3:5] == (2, 2)
         mq, ms = torch.rand(1, 1, 50, 50), torch.rand(1, 1, 50, 50)
         fast, fast_s = model.refine(q, s, mq, ms, steps=3, reuse_correlation=True)
         slow, slow_s = model.refine(q, s, mq, ms, steps=3, reuse_correlation=False)
@@ -136,6 +144,43 @@ def test_architecture_at_400():
         strict=True,
     ):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_center_pivot_conv_and_group_norm_match_their_definitions():
+    """Channels-last (B, hq, wq, hs, ws, C) layers against a direct 4D computation."""
+    torch.manual_seed(0)
+    b, hq, wq, hs, ws, c, o, k, stride = 2, 5, 4, 7, 6, 3, 4, 3, 2
+    x = torch.randn(b, hq, wq, hs, ws, c)
+    conv = CenterPivotConv4d(c, o, kernel=k, stride=stride)
+    got = conv(x)
+    hk, wk = -(-hs // stride), -(-ws // stride)
+    assert got.shape == (b, hq, wq, hk, wk, o)
+    # a 4D convolution whose kernel is zero except the two center-pivot slices, position by position
+    w1, w2 = conv.conv1.weight, conv.conv2.weight  # (o, c, k, k)
+    pad = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1, 1, 1, 1, 1))  # k = 3: one on each side of all 4 dims
+    want = torch.zeros_like(got)
+    for i in range(hq):
+        for j in range(wq):
+            for u in range(hk):
+                for v in range(wk):
+                    ks, ls = u * stride, v * stride  # the support position this output keeps
+                    query_slice = pad[:, i : i + k, j : j + k, ks + 1, ls + 1]  # (b, k, k, c)
+                    support_slice = pad[:, i + 1, j + 1, ks : ks + k, ls : ls + k]
+                    want[:, i, j, u, v] = (
+                        torch.einsum("bxyc,ocxy->bo", query_slice, w1)
+                        + torch.einsum("bxyc,ocxy->bo", support_slice, w2)
+                        + conv.conv1.bias
+                        + conv.conv2.bias
+                    )
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    norm = GroupNorm4d(2, o)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.normal_()
+    reference = torch.nn.functional.group_norm(
+        got.permute(0, 5, 1, 2, 3, 4), 2, norm.weight, norm.bias, norm.eps
+    )
+    torch.testing.assert_close(norm(got), reference.permute(0, 2, 3, 4, 5, 1), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind,backbone", [("imr_hsnet", "resnet50"), ("hsnet", "vgg16")])

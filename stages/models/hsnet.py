@@ -2,11 +2,15 @@
 
 Shapes below for a 400x400 input and ResNet50: pyramid levels at 50, 25, 13 pixels.
 
+4D tensors are stored channels-last, (B, hq, wq, hs, ws, C): the support-dim convolution reads
+them in place as a channels-last batch of support images, and only the (strided, smaller)
+query-dim input is transposed.
+
 - `correlation`: cosine similarity of every query and support position per layer pair,
-  ReLU, stacked per level -> (B, n_layers, hq, wq, hs, ws).
+  ReLU, stacked per level -> (B, hq, wq, hs, ws, n_layers).
 - `CenterPivotConv4d`: a 4D conv approximated by its two center-pivot slices: a 2D conv over
   the query dims (at the support positions the stride keeps) plus a strided 2D conv over the
-  support dims.
+  support dims. `GroupNorm4d`: GroupNorm over channel groups in that layout.
 - `HypercorrSqueeze` (HSNet's "hpn_learner"): three encoder stacks (16, 64, 128 channels,
   GroupNorm(4), ReLU; support strides 2-2-2, 4-2-2, 4-4-2 so every level ends at 2x2
   support dims), top-down mixing coarse -> middle -> fine over the query dims, mean over the
@@ -42,17 +46,22 @@ def mask_levels(levels: Levels, mask: torch.Tensor) -> Levels:
     return out
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / (x.norm(dim=1, keepdim=True) + 1e-5)
+
+
+def _relu_dots(query: Sequence[torch.Tensor], support: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, hq, wq, hs, ws, n): ReLU of the dot products of every query and support position."""
+    rows = [
+        torch.bmm(q.flatten(2).transpose(1, 2), s.flatten(2)).clamp_(min=0)
+        for q, s in zip(query, support, strict=True)
+    ]
+    return torch.stack(rows, -1).view(rows[0].shape[0], *query[0].shape[-2:], *support[0].shape[-2:], -1)
+
+
 def correlation(query: Sequence[torch.Tensor], support: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(B, n, hq, wq, hs, ws): ReLU of cosine similarity, one channel per layer pair."""
-    rows = []
-    for q, s in zip(query, support, strict=True):
-        b, c, hq, wq = q.shape
-        hs, ws = s.shape[-2:]
-        q = q / (q.norm(dim=1, keepdim=True) + 1e-5)
-        s = s / (s.norm(dim=1, keepdim=True) + 1e-5)
-        corr = torch.bmm(q.flatten(2).transpose(1, 2), s.flatten(2)).view(b, hq, wq, hs, ws)
-        rows.append(corr.clamp(min=0))
-    return torch.stack(rows, dim=1)
+    """(B, hq, wq, hs, ws, n): ReLU of cosine similarity, one channel per layer pair."""
+    return _relu_dots([_unit(q) for q in query], [_unit(s) for s in support])
 
 
 class PairCorrelation:
@@ -60,65 +69,59 @@ class PairCorrelation:
 
     Masking support features by m (>= 0) and normalising them afterwards, as `correlation`
     does, is the same as scaling the unmasked dot products: for query position i and support
-    position j, relu(q_i . s_j) m_j / ((|q_i| + eps) (m_j |s_j| + eps)). So the dot products
-    (the matrix products) and the own-side factor 1 / (|q_i| + eps) are applied once per pair,
-    and every refinement step only multiplies by the mask-dependent factor; results equal
-    `correlation(query, mask_levels(support, m))` up to float rounding.
+    position j, relu(q_i . s_j) m_j / ((|q_i| + eps) (m_j |s_j| + eps)). So the products of the
+    unit query features with the raw support features (and the other way round, for the support
+    branch) are computed once per pair, and every refinement step only multiplies by the
+    mask-dependent factor; results equal `correlation(query, mask_levels(support, m))` up to
+    float rounding.
     """
 
     def __init__(self, query: Levels, support: Levels):
-        self.dots, self.q_norms, self.s_norms = [], [], []
-        for q_level, s_level in zip(query, support, strict=True):
-            rows, qn, sn = [], [], []
-            for q, s in zip(q_level, s_level, strict=True):
-                b, _, hq, wq = q.shape
-                hs, ws = s.shape[-2:]
-                rows.append(
-                    torch.bmm(q.flatten(2).transpose(1, 2), s.flatten(2)).clamp(min=0).view(b, hq, wq, hs, ws)
-                )
-                qn.append(q.norm(dim=1).float())
-                sn.append(s.norm(dim=1).float())
-            self.dots.append(torch.stack(rows, 1))
-            self.q_norms.append(torch.stack(qn, 1))
-            self.s_norms.append(torch.stack(sn, 1))
-        self._query: list[torch.Tensor] | None = None
-        self._support: list[torch.Tensor] | None = None
-
-    @staticmethod
-    def _own(dots: torch.Tensor, own_norm: torch.Tensor) -> torch.Tensor:
-        return dots * (1.0 / (own_norm + 1e-5)).to(dots.dtype)[:, :, :, :, None, None]
+        self.query_ready = [
+            _relu_dots([_unit(q) for q in ql], sl) for ql, sl in zip(query, support, strict=True)
+        ]
+        self.support_ready = [
+            _relu_dots([_unit(s) for s in sl], ql) for ql, sl in zip(query, support, strict=True)
+        ]
+        self.q_norms = [torch.stack([q.norm(dim=1).float() for q in ql], -1) for ql in query]  # (B, h, w, n)
+        self.s_norms = [torch.stack([s.norm(dim=1).float() for s in sl], -1) for sl in support]
 
     @staticmethod
     def _other(ready: torch.Tensor, other_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = F.interpolate(mask.float(), size=other_norm.shape[-2:], mode="bilinear", align_corners=True)
-        return ready * (m / (m * other_norm + 1e-5)).to(ready.dtype)[:, :, None, None, :, :]
+        m = F.interpolate(mask.float(), size=other_norm.shape[1:3], mode="bilinear", align_corners=True)
+        m = m.permute(0, 2, 3, 1)  # (B, h, w, 1)
+        return ready * (m / (m * other_norm + 1e-5)).to(ready.dtype)[:, None, None]
 
     def query_side(self, support_mask: torch.Tensor) -> list[torch.Tensor]:
         """Correlation pyramid (fine, middle, coarse) of the query against the masked support."""
-        if self._query is None:
-            self._query = [self._own(d, qn) for d, qn in zip(self.dots, self.q_norms, strict=True)]
-        return [self._other(r, sn, support_mask) for r, sn in zip(self._query, self.s_norms, strict=True)]
+        return [self._other(r, n, support_mask) for r, n in zip(self.query_ready, self.s_norms, strict=True)]
 
     def support_side(self, query_mask: torch.Tensor) -> list[torch.Tensor]:
         """Correlation pyramid of the support against the masked query."""
-        if self._support is None:
-            self._support = [
-                self._own(d.permute(0, 1, 4, 5, 2, 3).contiguous(), sn)
-                for d, sn in zip(self.dots, self.s_norms, strict=True)
-            ]
-        return [self._other(r, qn, query_mask) for r, qn in zip(self._support, self.q_norms, strict=True)]
+        return [self._other(r, n, query_mask) for r, n in zip(self.support_ready, self.q_norms, strict=True)]
+
+
+def _images(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) memory -> an (N, C, H, W) channels-last view."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _memory(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H, W, C) contiguous (a view for channels-last tensors)."""
+    return x.permute(0, 2, 3, 1).contiguous()
 
 
 def resize_query_dims(corr: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinearly resize the query dims of (B, C, hq, wq, hs, ws) to `size`."""
-    b, c, hq, wq, hs, ws = corr.shape
-    x = corr.permute(0, 4, 5, 1, 2, 3).reshape(b * hs * ws, c, hq, wq)
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-    return x.view(b, hs, ws, c, *size).permute(0, 3, 4, 5, 1, 2)
+    """Bilinearly resize the query dims of (B, hq, wq, hs, ws, C) to `size`."""
+    b, hq, wq, hs, ws, c = corr.shape
+    x = F.interpolate(
+        _images(corr.reshape(b, hq, wq, -1)), size=tuple(size), mode="bilinear", align_corners=True
+    )
+    return _memory(x).view(b, *size, hs, ws, c)
 
 
 class CenterPivotConv4d(nn.Module):
-    """(B, C, hq, wq, hs, ws) -> (B, O, hq, wq, hs', ws'), hs' = ceil(hs / stride)."""
+    """(B, hq, wq, hs, ws, C) -> (B, hq, wq, hs', ws', O), hs' = ceil(hs / stride)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, kernel: int, stride: int):
         super().__init__()
@@ -129,14 +132,35 @@ class CenterPivotConv4d(nn.Module):
         )  # support
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, hq, wq, hs, ws = x.shape
-        kept = x[..., :: self.stride, :: self.stride] if self.stride > 1 else x
-        hk, wk = kept.shape[-2:]
-        q = self.conv1(kept.permute(0, 4, 5, 1, 2, 3).reshape(b * hk * wk, c, hq, wq))
-        q = q.view(b, hk, wk, -1, hq, wq).permute(0, 3, 4, 5, 1, 2)
-        s = self.conv2(x.permute(0, 2, 3, 1, 4, 5).reshape(b * hq * wq, c, hs, ws))
-        s = s.view(b, hq, wq, -1, hk, wk).permute(0, 3, 1, 2, 4, 5)
-        return q + s
+        b, hq, wq, hs, ws, c = x.shape
+        out = _memory(self.conv2(_images(x.reshape(b * hq * wq, hs, ws, c))))  # no copy in or out
+        hk, wk = out.shape[1:3]
+        kept = x[:, :, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+        kept = kept.permute(0, 3, 4, 1, 2, 5).reshape(b * hk * wk, hq, wq, c)
+        q = _memory(self.conv1(_images(kept))).view(b, hk, wk, hq, wq, -1)
+        return out.view(b, hq, wq, hk, wk, -1).add_(q.permute(0, 3, 4, 1, 2, 5))
+
+
+class GroupNorm4d(nn.GroupNorm):
+    """nn.GroupNorm (same parameters) for channels-last (B, hq, wq, hs, ws, C) tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[0], x.shape[-1]
+        flat, per_group = x.view(b, -1, c), c // self.num_groups
+
+        def group_mean(values: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, C), averaged per group
+            by_channel = values.mean(1).view(b, self.num_groups, per_group)
+            return by_channel.mean(2, keepdim=True).expand(-1, -1, per_group).reshape(b, c)
+
+        wide = flat.float()  # statistics in float32 (no copy for float32 input)
+        mean = group_mean(wide)
+        var = group_mean((wide - mean[:, None]).square_())  # two passes, as F.group_norm
+        scale = (var + self.eps).rsqrt()
+        shift = -mean * scale
+        if self.affine:
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        shape = (b, 1, 1, 1, 1, c)
+        return torch.addcmul(shift.view(shape).to(x.dtype), x, scale.view(shape).to(x.dtype))
 
 
 def _block(
@@ -146,8 +170,8 @@ def _block(
     for out, kernel, stride in zip(channels, kernels, strides, strict=True):
         layers += [
             CenterPivotConv4d(in_channels, out, kernel=kernel, stride=stride),
-            nn.GroupNorm(4, out),
-            nn.ReLU(),
+            GroupNorm4d(4, out),
+            nn.ReLU(inplace=True),
         ]
         in_channels = out
     return nn.Sequential(*layers)
@@ -193,9 +217,14 @@ class HypercorrSqueeze(nn.Module):
         sq4 = self.encoder_layer4(corr_coarse)
         sq3 = self.encoder_layer3(corr_middle)
         sq2 = self.encoder_layer2(corr_fine)
-        mix = self.encoder_layer4to3(resize_query_dims(sq4, sq3.shape[2:4]) + _match_support(sq3, sq4))
-        mix = self.encoder_layer3to2(resize_query_dims(mix, sq2.shape[2:4]) + _match_support(sq2, mix))
-        return mix.flatten(4).mean(-1)
+        mix = self.encoder_layer4to3(self._mix(sq4, sq3))
+        mix = self.encoder_layer3to2(self._mix(mix, sq2))
+        return mix.mean((3, 4)).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _mix(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        """Top-down mixing: `coarse` resized to `fine`'s query dims, plus `fine` at `coarse`'s support dims."""
+        return _match_support(fine, coarse) + resize_query_dims(coarse, fine.shape[1:3])
 
     def forward(self, query: Levels, support: Levels) -> torch.Tensor:
         return self.squeeze_pyramid([correlation(q, s) for q, s in zip(query, support, strict=True)])
@@ -207,13 +236,13 @@ class HypercorrSqueeze(nn.Module):
 
 def _match_support(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Support dims of `target` resized to those of `like` (equal for square inputs; needed otherwise)."""
-    if target.shape[-2:] == like.shape[-2:]:
+    if target.shape[3:5] == like.shape[3:5]:
         return target
-    b, c, hq, wq, hs, ws = target.shape
+    b, hq, wq, hs, ws, c = target.shape
     x = F.interpolate(
-        target.reshape(b, c * hq * wq, hs, ws), size=like.shape[-2:], mode="bilinear", align_corners=True
+        _images(target.reshape(-1, hs, ws, c)), size=like.shape[3:5], mode="bilinear", align_corners=True
     )
-    return x.view(b, c, hq, wq, *like.shape[-2:])
+    return _memory(x).view(b, hq, wq, *like.shape[3:5], c)
 
 
 class HSNet(nn.Module):
