@@ -46,8 +46,9 @@ def mask_levels(levels: Levels, mask: torch.Tensor) -> Levels:
     return out
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / (x.norm(dim=1, keepdim=True) + 1e-5)
+def _unit(x: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, C, h, w) over its channel norm (given, or computed here) + eps."""
+    return x / ((x.norm(dim=1) if norm is None else norm)[:, None] + 1e-5)
 
 
 def _relu_dots(query: Sequence[torch.Tensor], support: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -77,20 +78,25 @@ class PairCorrelation:
     """
 
     def __init__(self, query: Levels, support: Levels):
-        self.query_ready = [
-            _relu_dots([_unit(q) for q in ql], sl) for ql, sl in zip(query, support, strict=True)
+        self.query, self.support = query, support
+        self.q_norms = [torch.stack([q.norm(dim=1) for q in level], -1) for level in query]  # (B, h, w, n)
+        self.s_norms = [torch.stack([s.norm(dim=1) for s in level], -1) for level in support]
+        self.query_ready = self._ready(query, self.q_norms, support)
+        self.support_ready: list[torch.Tensor] | None = None  # only once the support branch runs
+
+    @staticmethod
+    def _ready(own: Levels, own_norms: list[torch.Tensor], other: Levels) -> list[torch.Tensor]:
+        """Per level: ReLU'd products of the unit `own` features with the raw `other` features."""
+        return [
+            _relu_dots([_unit(f, norms[..., i]) for i, f in enumerate(level)], other_level)
+            for level, norms, other_level in zip(own, own_norms, other, strict=True)
         ]
-        self.support_ready = [
-            _relu_dots([_unit(s) for s in sl], ql) for ql, sl in zip(query, support, strict=True)
-        ]
-        self.q_norms = [torch.stack([q.norm(dim=1).float() for q in ql], -1) for ql in query]  # (B, h, w, n)
-        self.s_norms = [torch.stack([s.norm(dim=1).float() for s in sl], -1) for sl in support]
 
     @staticmethod
     def _other(ready: torch.Tensor, other_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = F.interpolate(mask.float(), size=other_norm.shape[1:3], mode="bilinear", align_corners=True)
         m = m.permute(0, 2, 3, 1)  # (B, h, w, 1)
-        return ready * (m / (m * other_norm + 1e-5)).to(ready.dtype)[:, None, None]
+        return ready * (m / (m * other_norm.float() + 1e-5)).to(ready.dtype)[:, None, None]
 
     def query_side(self, support_mask: torch.Tensor) -> list[torch.Tensor]:
         """Correlation pyramid (fine, middle, coarse) of the query against the masked support."""
@@ -98,6 +104,8 @@ class PairCorrelation:
 
     def support_side(self, query_mask: torch.Tensor) -> list[torch.Tensor]:
         """Correlation pyramid of the support against the masked query."""
+        if self.support_ready is None:
+            self.support_ready = self._ready(self.support, self.s_norms, self.query)
         return [self._other(r, n, query_mask) for r, n in zip(self.support_ready, self.q_norms, strict=True)]
 
 
