@@ -164,6 +164,11 @@ def run_label_gen(
             h: [] for h in SCALES
         }
         total_views = 2 * views * len(samples)
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), devices.autocast(dev, precision):
+                return features(features.normalise(x.to(dev)))[0].to(torch.float16)
+
         started = time.time()
         for n, sample in enumerate(samples):
             image, (label, instances) = ds.load_image(sample), ds.load_panoptic(sample)
@@ -172,12 +177,13 @@ def run_label_gen(
                                  f"{image.shape[1]}x{image.shape[0]}; fix the dataset")  # fmt: skip
             ids = segment_ids(label, instances, ds.things, ds.ignore_index)
             hw = input_size(label.shape, size, features.multiple)
+            whole = None  # view 0, the whole image, is the same for both heads: its features once
             for h_i, (head, scale) in enumerate(SCALES.items()):
                 per_image = []
                 for v in range(views):
                     x, lab, seg = augmented_view(image, label, ids, hw, None if v == 0 else scale, rng)
-                    with torch.no_grad(), devices.autocast(dev, precision):
-                        f = features(features.normalise(x.to(dev)))[0].to(torch.float16)
+                    f = encode(x) if v > 0 or whole is None else whole
+                    whole = f if v == 0 else whole
                     if head == "semantic":
                         target = torch.from_numpy(lab).long()
                         valid = target != ds.ignore_index
