@@ -31,7 +31,7 @@ from stages.core.datasets import open_dataset
 from stages.core.errors import FssegError
 from stages.core.imageio import read_label
 from stages.core.metrics import ConfusionMatrix, PanopticQuality
-from stages.core.panoptic import PanopticWriter, cityscapes_form, from_instance_ids
+from stages.core.panoptic import PanopticWriter, cityscapes_form, from_instance_ids, instances_of
 from stages.models.spino import (
     PanopticDeepLab,
     bootstrapped_ce,
@@ -98,7 +98,7 @@ class PanopticData:
     def pseudo(self, sample_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         semantic = read_label(self.pseudo_dir / "semantic" / f"{sample_id}.png").astype(np.int64)
         ids = read_label(self.pseudo_dir / PanopticWriter.done_file(sample_id)).astype(np.int64)
-        instances = np.where(ids >= 1000, ids % 1000 + 1, 0)
+        instances = instances_of(ids)
         return self.ds.load_image(self.ds.sample(sample_id)), semantic, instances
 
     def ground_truth(self, sample_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

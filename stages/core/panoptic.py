@@ -32,10 +32,20 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
+def label_ids_of(ids: np.ndarray) -> np.ndarray:
+    """Cityscapes-form ids -> their label ids (`id // 1000` for thing instances, the id elsewhere)."""
+    return np.where(ids >= 1000, ids // 1000, ids)
+
+
+def instances_of(ids: np.ndarray) -> np.ndarray:
+    """Cityscapes-form ids -> instance numbers 1..n (`id % 1000 + 1`), 0 where there is no instance."""
+    return np.where(ids >= 1000, ids % 1000 + 1, 0)
+
+
 def from_instance_ids(raw: np.ndarray, categories: dict[int, bool]) -> PanopticImage:
     """Cityscapes-form ids -> PanopticImage. `categories` maps evaluated label id -> is_thing."""
     values = np.unique(raw)
-    label_of = np.where(values >= 1000, values // 1000, values)
+    label_of = label_ids_of(values)
     keep = np.isin(label_of, list(categories))
     segment_ids = values.astype(np.int64) + 1  # +1 so that label id 0 can be a real class
     lut_keys, lut_vals = values, np.where(keep, segment_ids, 0)
@@ -191,7 +201,7 @@ def cityscapes_form(
 def coco_segments(ids: np.ndarray, categories: dict[int, bool]) -> tuple[np.ndarray, list[dict]]:
     """Cityscapes-form ids -> (COCO segment id map (id + 1; 0 = void), segments_info)."""
     values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    label = np.where(values >= 1000, values // 1000, values)
+    label = label_ids_of(values)
     seg = np.where(np.isin(label, list(categories)), values.astype(np.int64) + 1, 0)
     info = [
         {"id": int(s), "category_id": int(c), "area": int(n), "iscrowd": 0}
@@ -259,7 +269,7 @@ class PanopticWriter:
         write_label(
             art.file(f"semantic/{sample_id}.png"), semantic.astype(np.uint8 if ignore < 256 else np.uint16)
         )
-        labels = np.where(ids >= 1000, ids // 1000, ids)
+        labels = label_ids_of(ids)
         write_label(art.file(f"cityscapes/{sample_id}_gtFine_labelIds.png"), labels.astype(np.uint8))
         seg, info = coco_segments(ids, self.categories)
         write_coco_png(art.file(f"panoptic/{sample_id}.png"), seg)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.core.errors import FssegError
+from stages.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 DINOV2 = {
     "dinov2_vits14": "vit_small_patch14_dinov2",
@@ -30,7 +31,6 @@ DINOV2 = {
     "dinov2_vitl14": "vit_large_patch14_dinov2",
 }
 BACKBONES = (*DINOV2, "efficientnet_lite0", "tiny")
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def input_size(shape: tuple[int, int], size: int | None, multiple: int) -> tuple[int, int]:
@@ -53,10 +53,11 @@ def to_unit(image, hw: tuple[int, int] | None = None) -> torch.Tensor:
 def colour_jitter(x: torch.Tensor, rng: np.random.Generator, strength: float = 0.2) -> torch.Tensor:
     """Brightness, contrast and saturation each scaled by a factor in [1 - strength, 1 + strength]."""
     b, c, s = rng.uniform(1 - strength, 1 + strength, 3)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     x = x * b
-    grey = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    grey = (x * luma).sum(1, keepdim=True)
     x = grey.mean() + (x - grey.mean()) * c
-    grey = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    grey = (x * luma).sum(1, keepdim=True)
     return (grey + (x - grey) * s).clamp(0, 1)
 
 
@@ -137,7 +138,7 @@ class DenseFeatures(nn.Module):
                     self.net.load_state_dict(_dinov2_state_dict(name, weights, self.net))
             self.stride = self.multiple = 14
             self.out_channels = self.net.embed_dim
-            self.mean, self.std = IMAGENET
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
@@ -228,7 +229,7 @@ class _ResNet50(nn.Module):
             )
         net.fc = nn.Identity()
         self.net, self.stride, self.multiple, self.out_channels = net, 16, 32, 2048
-        self.mean, self.std = IMAGENET
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     normalise = DenseFeatures.normalise
 
