@@ -41,7 +41,11 @@ PRETRAIN_HELP = (
 def refine(
     out: Out,
     checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", help="fsseg checkpoint or the authors' state dict.")
+        Path,
+        typer.Option(
+            "--checkpoint",
+            help="fsseg checkpoint (file, or the fsseg pretrain folder: its best.pt) or the authors' state dict.",
+        ),
     ],
     episodes: Annotated[
         Path | None, typer.Option("--episodes", help="Benchmark mode: episodes JSON.")
@@ -310,7 +314,13 @@ FINETUNE_HELP = (
 @handles_errors
 def finetune_episode(
     out: Out,
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="PSPNet checkpoint from fsseg pretrain.")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            "--checkpoint",
+            help="PSPNet checkpoint from fsseg pretrain (file, or its output folder: best.pt).",
+        ),
+    ],
     episodes: Annotated[Path, typer.Option("--episodes", help="Episodes JSON (fsseg data episodes).")],
     mode: Annotated[
         Literal["fss", "gfss"], typer.Option("--mode", help="fss: 2-way; gfss: base + novel.")

@@ -36,7 +36,7 @@ from stages.core.errors import FssegError
 from stages.core.imageio import load_float_map, read_image
 from stages.core.metrics import FssMeter
 from stages.models.backbones import network_input
-from stages.models.hsnet import HSNet, IMRHSNet
+from stages.models.hsnet import HSNet, IMRHSNet, final_mask, initial_mask
 
 log = logging.getLogger(__name__)
 METHODS = ("imr-hsnet", "hsnet", "pspnet")
@@ -52,16 +52,16 @@ class EpisodeData:
         return self.cams_dir is None or (self.cams_dir / "cams" / f"{image_id}__{cls}.npy").is_file()
 
     def __call__(self, image_id: str, cls: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image (3, s, s), target (s, s) 0/1/255, initial mask (1, h, w)): the CAM at the finest
+        feature size, or for hsnet the ground-truth mask, as the authors feed them (`initial_mask`)."""
         sample = self.ds.sample(image_id)
-        image = network_input(read_image(sample.image), self.size, self.backbone)[0]
+        image = network_input(read_image(sample.image), self.size, self.backbone, resize="pil")[0]
         label = torch.from_numpy(self.ds.load_label(sample).astype(np.int64))[None, None].float()
         label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
         target = torch.where(label == self.ds.ignore_index, 255, (label == cls).long())
         if self.cams_dir is not None:
-            cam = torch.from_numpy(load_float_map(self.cams_dir / "cams" / f"{image_id}__{cls}.npy"))[
-                None, None
-            ]
-            initial = F.interpolate(cam, size=(self.size, self.size), mode="bilinear", align_corners=True)[0]
+            cam = load_float_map(self.cams_dir / "cams" / f"{image_id}__{cls}.npy")
+            initial = initial_mask(cam, self.size, pixel=False)[0]
         else:
             initial = (target == 1).float()[None]
         return image, target, initial
@@ -126,8 +126,7 @@ def validate(
                 logits = model.refine(
                     q_levels, s_levels, qm[None].to(device), sm[None].to(device), steps=steps
                 )[0][-1]
-            logits = F.interpolate(logits.float(), size=qt.shape, mode="bilinear", align_corners=True)
-            meter.update(logits.max(1).indices[0].cpu().numpy(), qt.numpy(), ep["class"], 255)
+            meter.update(final_mask(logits, qt.shape), qt.numpy(), ep["class"], 255)
     total = FssMeter()
     for part in distributed.all_gather_objects(meter, dist):
         total = total + part

@@ -45,7 +45,15 @@ from stages.core.imageio import (
     write_label,
 )
 from stages.models.backbones import network_input
-from stages.models.hsnet import HSNet, IMRHSNet, load_reference_state_dict, reference_architecture
+from stages.models.hsnet import (
+    HSNet,
+    IMRHSNet,
+    final_mask,
+    initial_mask,
+    load_reference_state_dict,
+    reference_architecture,
+    vote,
+)
 
 log = logging.getLogger(__name__)
 REFINERS = ("imr", "none", "mutual")
@@ -120,12 +128,7 @@ class Job:
 
 
 def _to_tensor(image: np.ndarray, size: int, backbone: str, device) -> torch.Tensor:
-    return network_input(image, size, backbone).to(device)
-
-
-def _mask_tensor(mask: np.ndarray, size: int, device) -> torch.Tensor:
-    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    return F.interpolate(m, size=(size, size), mode="bilinear", align_corners=True).clamp(0, 1).to(device)
+    return network_input(image, size, backbone, resize="pil").to(device)
 
 
 def _fg(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -310,9 +313,9 @@ def _run_job(
 ) -> None:
     q_image, q_initial = job.query.load()
     q_levels = cache(job.query.key, lambda: _to_tensor(q_image, size, backbone, dev))
-    q_mask = _mask_tensor(q_initial, size, dev)
+    q_mask = initial_mask(q_initial, size, pixel=False).to(dev)
     shape = q_image.shape[:2]
-    votes = np.zeros(shape, np.float32)
+    shot_masks: list[np.ndarray] = []
     probs = np.zeros(shape, np.float32)
     tiles: list[list[np.ndarray]] = []
     for k, shot in enumerate(job.supports or [job.query]):
@@ -325,32 +328,28 @@ def _run_job(
             q_levels,
             s_levels,
             q_mask,
-            _mask_tensor(s_initial, size, dev),
+            initial_mask(s_initial, size, pixel=fixed_support and not zero_shot).to(dev),
             steps=steps,
             fixed_support=fixed_support,
             zero_shot=zero_shot,
         )
-        fg = _fg(q_steps[-1], shape)
-        votes += fg >= 0.5
-        probs += fg / max(len(job.supports), 1)
+        shot_masks.append(final_mask(q_steps[-1], shape))
+        if save_probs:
+            probs += _fg(q_steps[-1], shape) / max(len(job.supports), 1)
         for t, (lq, ls) in enumerate(zip(q_steps, s_steps, strict=True), 1):
-            write_label(
-                art.file(f"steps/t{t}/query/{job.id}_s{k}.png"), (_fg(lq, shape) >= 0.5).astype(np.uint8)
-            )
+            write_label(art.file(f"steps/t{t}/query/{job.id}_s{k}.png"), final_mask(lq, shape))
             if ls is not None and not zero_shot:
                 write_label(
-                    art.file(f"steps/t{t}/support/{job.id}_s{k}.png"),
-                    (_fg(ls, s_image.shape[:2]) >= 0.5).astype(np.uint8),
+                    art.file(f"steps/t{t}/support/{job.id}_s{k}.png"), final_mask(ls, s_image.shape[:2])
                 )
         if k == 0:
             tiles = _evolution((q_image, q_initial), (s_image, s_initial), q_steps, s_steps, zero_shot)
-    final = (votes / max(votes.max(), 1) >= 0.5).astype(np.uint8)
     write_jpeg(art.file(f"overlays/{job.id}.jpg"), _grid(tiles))
     if save_probs:
         from stages.core.imageio import save_float_map
 
         save_float_map(art.file(f"probs/{job.id}.npy"), probs)
-    write_label(art.file(job.output), final)  # last: marks the job done
+    write_label(art.file(job.output), vote(shot_masks))  # last: marks the job done
 
 
 def _evolution(query, support, q_steps, s_steps, zero_shot: bool) -> list[list[np.ndarray]]:
@@ -359,7 +358,7 @@ def _evolution(query, support, q_steps, s_steps, zero_shot: bool) -> list[list[n
     def row(image, initial, step_logits):
         tiles = [overlay(image, heatmap=initial, alpha=0.45)]
         for logits in step_logits:
-            mask = _fg(logits, image.shape[:2]) >= 0.5 if logits is not None else initial >= 0.5
+            mask = final_mask(logits, image.shape[:2]) if logits is not None else initial >= 0.5
             tiles.append(overlay(image, mask=mask, alpha=0.45))
         return tiles
 

@@ -18,8 +18,9 @@ from stages.models.hsnet import (
     GroupNorm4d,
     HSNet,
     IMRHSNet,
-    PairCorrelation,
+    MaskedPair,
     correlation,
+    level_masks,
     mask_levels,
 )
 from tests.conftest import ROOT, error_line, make_voc_tree, run_fsseg, shared_data
@@ -137,13 +138,40 @@ def test_architecture_at_400():
     assert len(fast) == 3 and fast[0].shape == (1, 2, 100, 100)
     for a, b in zip(fast + fast_s, slow + slow_s, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    pair = PairCorrelation(q, s)
+    pair = MaskedPair(q, s)
     for got, want in zip(
-        pair.query_side(ms),
-        [correlation(a, b) for a, b in zip(q, mask_levels(s, ms), strict=True)],
+        pair.query_side(level_masks(q, mq), level_masks(s, ms)),
+        [correlation(a, b) for a, b in zip(mask_levels(q, mq), mask_levels(s, ms), strict=True)],
         strict=True,
     ):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    for got, want in zip(
+        pair.support_side(level_masks(s, ms), level_masks(q, mq)),
+        [correlation(b, a) for a, b in zip(mask_levels(q, mq), mask_levels(s, ms), strict=True)],
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "vgg16"])
+def test_taps_are_the_values_before_each_relu(backbone):
+    """HSNet taps ResNet bottlenecks after the shortcut and before the final ReLU, and VGG convs
+    before their ReLU: the taps hold negative values, and the network's own output is unchanged."""
+    from stages.models.backbones import feature_pyramid
+
+    torch.manual_seed(0)
+    pyramid = feature_pyramid(backbone, weights=None)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        taps = [f for level in pyramid(x) for f in level]
+        assert len(taps) == (13 if backbone == "resnet50" else 7)
+        assert all(
+            (t < 0).any() for t in (taps[:-1] if backbone == "vgg16" else taps)
+        )  # VGG's last: a max-pool
+        if backbone == "resnet50":  # the ReLU'd last tap is torchvision's layer4 output
+            net = pyramid
+            ref = net.layer4(net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x))))))))
+            torch.testing.assert_close(torch.relu(taps[-1]), ref)
 
 
 def test_center_pivot_conv_and_group_norm_match_their_definitions():
@@ -303,6 +331,14 @@ def test_refine_modes_cache_and_evaluate(voc, tmp_path):
         env=voc["env"],
     )
     assert "needs an IMR-HSNet checkpoint" in error_line(wrong)
+    folder = [*args[:2], voc["base"] / "imr", *args[3:]]  # the pretrain artifact: its best.pt
+    run_fsseg(*folder, "--out", tmp_path / "from-folder", env=voc["env"], check=True)
+    for png in sorted((tmp_path / "cached" / "pred").glob("*.png")):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "from-folder" / "pred" / png.name))
+        )
+    no_ckpt = run_fsseg(*args[:2], tmp_path / "ev", *args[3:], "--out", tmp_path / "y", env=voc["env"])
+    assert "'metrics' artifact without checkpoints/best.pt" in error_line(no_ckpt)
     not_cams = run_fsseg(*args, "--cams", tmp_path / "ev", "--out", tmp_path / "x", env=voc["env"])
     assert "'metrics' artifact" in error_line(not_cams) and "fsseg clip-cam" in error_line(not_cams)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stages import __version__
-from stages.core.artifacts import atomic_path
+from stages.core.artifacts import atomic_path, read_manifest
 from stages.core.errors import FssegError
 from stages.models import MODELS, builder
 
@@ -89,9 +89,25 @@ def save_checkpoint(
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with `weights_only=True`; clear errors for anything else."""
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file a `--checkpoint` value names: the file, or an artifact's `checkpoints/best.pt`."""
     path = Path(path)
+    if not path.is_dir():
+        return path
+    kind = read_manifest(path).get("kind")
+    best = path / "checkpoints" / "best.pt"
+    if not best.is_file():
+        raise FssegError(
+            f"{path} is a '{kind}' artifact without checkpoints/best.pt; pass the output folder of "
+            f"`fsseg pretrain` (or train-panoptic) or a checkpoint file"
+        )
+    return best
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with `weights_only=True`; clear errors for anything else. `path` is a
+    file, or an artifact folder holding `checkpoints/best.pt` (as `fsseg pretrain` writes)."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise FssegError(f"checkpoint not found: {path}; check the --checkpoint path")
     try:

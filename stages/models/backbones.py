@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -107,11 +108,20 @@ class FeaturePyramid(nn.Module):
         return levels
 
     def _resnet(self, x):
+        # HSNet taps each bottleneck of layer2-4 after the shortcut is added and before the block's
+        # final ReLU; the next block reads the ReLU'd tensor
         x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
-        return self._blocks(x, (self.layer2, self.layer3, self.layer4), {0: 0, 1: 1, 2: 2})
+        levels: list[list[torch.Tensor]] = [[], [], []]
+        for level, layer in enumerate((self.layer2, self.layer3, self.layer4)):
+            for block in layer:
+                tap = _bottleneck_before_relu(block, x)
+                levels[level].append(tap)
+                x = torch.relu(tap)
+        return levels
 
     def _vgg(self, x):
-        # HSNet's VGG16 feature ids, each a single-layer "block"
+        # HSNet's VGG16 feature ids, each a single-layer "block"; the ReLUs are not in place
+        # (`feature_pyramid`), so a tapped conv output stays the value before its ReLU
         wanted = {17: 0, 19: 0, 21: 0, 24: 1, 26: 1, 28: 1, 30: 2}
         return self._blocks(x, [[m] for m in self.features], wanted)
 
@@ -124,6 +134,14 @@ class FeaturePyramid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         return getattr(self, f"_{self.kind}")(x)
+
+
+def _bottleneck_before_relu(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision Bottleneck's output without its final ReLU: bn3(conv3(...)) + shortcut."""
+    out = block.relu(block.bn1(block.conv1(x)))
+    out = block.relu(block.bn2(block.conv2(out)))
+    out = block.bn3(block.conv3(out))
+    return out + (x if block.downsample is None else block.downsample(x))
 
 
 class _TinyNet(nn.Module):
@@ -152,14 +170,29 @@ NORMALISATION = {name: (IMAGENET_MEAN, IMAGENET_STD) for name in BACKBONES} | {
 }
 
 
-def network_input(image, size: int, backbone: str) -> torch.Tensor:
-    """An RGB uint8 array (H, W, 3) as the backbone's input: resized whole to size x size
-    (bilinear, align_corners), scaled to [0, 1] and normalised -> (1, 3, size, size) float."""
+def pil_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3) resized to size x size by PIL's bilinear filter (antialiased
+    when shrinking), as HSNet's and IMR-HSNet's preprocessing does -> (size, size, 3) uint8."""
+    from PIL import Image
+
+    return np.array(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def network_input(image, size: int, backbone: str, *, resize: str = "torch") -> torch.Tensor:
+    """An RGB uint8 array (H, W, 3) as the backbone's input: resized whole to size x size,
+    scaled to [0, 1] and normalised -> (1, 3, size, size) float.
+
+    resize "torch": bilinear with align_corners on the float image; "pil": `pil_resize` on the
+    uint8 image (the authors' HSNet / IMR-HSNet preprocessing, used by refine and their training).
+    """
     import torch.nn.functional as F
 
     mean, std = NORMALISATION[backbone]
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+    if resize == "pil":
+        image = pil_resize(image, size)
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255)
+    if resize != "pil":
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
@@ -205,6 +238,9 @@ def feature_pyramid(name: str, *, weights: str | os.PathLike | None = "imagenet"
         if weights is not None:
             net.load_state_dict(_torchvision_weights(name, weights))
         kind = "vgg" if name == "vgg16" else "resnet"
+        for module in net.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = False  # an in-place ReLU would overwrite the tap before it
     pyramid = FeaturePyramid(backbone=net, kind=kind)
     pyramid.eval()
     for p in pyramid.parameters():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,14 +37,21 @@ Levels = list[list[torch.Tensor]]  # [fine, middle, coarse] lists of (B, C, h, w
 
 
 # ----------------------------------------------------------------------------- correlation
+def resize(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, 1, h, w) -> (B, 1, *size), bilinear with align_corners (the identity at equal size)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=True)
+
+
 def mask_levels(levels: Levels, mask: torch.Tensor) -> Levels:
     """Multiply every map by `mask` (B, 1, h, w) resized to the map (bilinear, align_corners)."""
-    out = []
-    for level in levels:
-        size = level[0].shape[-2:]
-        m = F.interpolate(mask, size=size, mode="bilinear", align_corners=True)
-        out.append([f * m for f in level])
-    return out
+    return [[f * m for f in level] for level, m in zip(levels, level_masks(levels, mask), strict=True)]
+
+
+def level_masks(levels: Levels, mask: torch.Tensor) -> list[torch.Tensor]:
+    """`mask` (B, 1, h, w) resized to each level's maps: one (B, 1, h_l, w_l) per level."""
+    return [resize(mask, level[0].shape[-2:]) for level in levels]
 
 
 def _unit(x: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,48 +73,68 @@ def correlation(query: Sequence[torch.Tensor], support: Sequence[torch.Tensor]) 
     return _relu_dots([_unit(q) for q in query], [_unit(s) for s in support])
 
 
-class PairCorrelation:
-    """Correlations of one query/support pair for any masks, from one set of dot products.
+class MaskedPair:
+    """Correlation pyramids of one query/support pair whose features are masked per position.
 
-    Masking support features by m (>= 0) and normalising them afterwards, as `correlation`
-    does, is the same as scaling the unmasked dot products: for query position i and support
-    position j, relu(q_i . s_j) m_j / ((|q_i| + eps) (m_j |s_j| + eps)). So the products of the
-    unit query features with the raw support features (and the other way round, for the support
-    branch) are computed once per pair, and every refinement step only multiplies by the
-    mask-dependent factor; results equal `correlation(query, mask_levels(support, m))` up to
-    float rounding.
+    The masks are per-level maps (B, 1, h, w) >= 0 (products of resized masks when masks
+    accumulate). Masking a feature f by m and normalising afterwards, as `correlation` does, is
+    the same as scaling the ReLU'd raw dot products: relu(q_i . s_j) a_i b_j with
+    a = m_q / (m_q |q| + eps) and b = m_s / (m_s |s| + eps). With `reuse` (the default) the raw
+    products are computed once per pair and every step only rescales them; the support branch
+    reads them transposed. Without it, every call masks the features and correlates them
+    directly, as the authors' code does; the results agree to float rounding (tested).
     """
 
-    def __init__(self, query: Levels, support: Levels):
-        self.query, self.support = query, support
-        self.q_norms = [torch.stack([q.norm(dim=1) for q in level], -1) for level in query]  # (B, h, w, n)
-        self.s_norms = [torch.stack([s.norm(dim=1) for s in level], -1) for level in support]
-        self.query_ready = self._ready(query, self.q_norms, support)
-        self.support_ready: list[torch.Tensor] | None = None  # only once the support branch runs
+    def __init__(self, query: Levels, support: Levels, *, reuse: bool = True):
+        self.query, self.support, self.reuse = query, support, reuse
+        if reuse:
+            self.q_norms = [
+                torch.stack([f.norm(dim=1) for f in level], -1) for level in query
+            ]  # (B, h, w, n)
+            self.s_norms = [torch.stack([f.norm(dim=1) for f in level], -1) for level in support]
+            self.dots = [_relu_dots(q, s) for q, s in zip(query, support, strict=True)]
+            self.dots_t: list[torch.Tensor] | None = (
+                None  # support-major copies, once the support branch runs
+            )
 
     @staticmethod
-    def _ready(own: Levels, own_norms: list[torch.Tensor], other: Levels) -> list[torch.Tensor]:
-        """Per level: ReLU'd products of the unit `own` features with the raw `other` features."""
-        return [
-            _relu_dots([_unit(f, norms[..., i]) for i, f in enumerate(level)], other_level)
-            for level, norms, other_level in zip(own, own_norms, other, strict=True)
-        ]
+    def _scale(norms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.permute(0, 2, 3, 1).float()  # (B, h, w, 1)
+        return m / (m * norms.float() + 1e-5)
 
-    @staticmethod
-    def _other(ready: torch.Tensor, other_norm: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = F.interpolate(mask.float(), size=other_norm.shape[1:3], mode="bilinear", align_corners=True)
-        m = m.permute(0, 2, 3, 1)  # (B, h, w, 1)
-        return ready * (m / (m * other_norm.float() + 1e-5)).to(ready.dtype)[:, None, None]
+    def _side(self, dots, own_norms, own_masks, other_norms, other_masks) -> list[torch.Tensor]:
+        out = []
+        for d, n_own, m_own, n_other, m_other in zip(
+            dots, own_norms, own_masks, other_norms, other_masks, strict=True
+        ):
+            a = self._scale(n_own, m_own).to(d.dtype)[:, :, :, None, None]
+            b = self._scale(n_other, m_other).to(d.dtype)[:, None, None]
+            out.append(torch.mul(d, a).mul_(b))
+        return out
 
-    def query_side(self, support_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Correlation pyramid (fine, middle, coarse) of the query against the masked support."""
-        return [self._other(r, n, support_mask) for r, n in zip(self.query_ready, self.s_norms, strict=True)]
+    def query_side(
+        self, query_masks: list[torch.Tensor], support_masks: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Correlation pyramid (fine, middle, coarse) of the masked query against the masked support."""
+        if not self.reuse:
+            return [
+                correlation([f * mq for f in q], [f * ms for f in s])
+                for q, s, mq, ms in zip(self.query, self.support, query_masks, support_masks, strict=True)
+            ]
+        return self._side(self.dots, self.q_norms, query_masks, self.s_norms, support_masks)
 
-    def support_side(self, query_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Correlation pyramid of the support against the masked query."""
-        if self.support_ready is None:
-            self.support_ready = self._ready(self.support, self.s_norms, self.query)
-        return [self._other(r, n, query_mask) for r, n in zip(self.support_ready, self.q_norms, strict=True)]
+    def support_side(
+        self, support_masks: list[torch.Tensor], query_masks: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Correlation pyramid of the masked support against the masked query."""
+        if not self.reuse:
+            return [
+                correlation([f * ms for f in s], [f * mq for f in q])
+                for q, s, mq, ms in zip(self.query, self.support, query_masks, support_masks, strict=True)
+            ]
+        if self.dots_t is None:
+            self.dots_t = [d.permute(0, 3, 4, 1, 2, 5).contiguous() for d in self.dots]
+        return self._side(self.dots_t, self.s_norms, support_masks, self.q_norms, query_masks)
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:
@@ -331,20 +359,21 @@ class IMRHSNet(nn.Module):
         return state.expand(batch, -1, -1, -1)
 
     def step(
-        self, corr: Sequence[torch.Tensor], prev_mask: torch.Tensor, hidden: torch.Tensor, mid: torch.Tensor
+        self, corr: Sequence[torch.Tensor], prior: torch.Tensor, hidden: torch.Tensor, mid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One branch, one step from its correlation pyramid: (logits (B, 2, 2h, 2w), new state)."""
+        """One branch, one step: (logits (B, 2, 2h, 2w), new state). `prior` (B, 1, h, w) is the
+        branch's mask at the squeezed resolution (step 1: the initial mask; then the last step's
+        foreground probability)."""
         squeezed = self.hpn_learner.squeeze_pyramid(corr)
-        size = squeezed.shape[-2:]
-        prior = F.interpolate(prev_mask, size=size, mode="bilinear", align_corners=True)
-        x = torch.cat([prior, squeezed, mid], dim=1)
-        z = torch.sigmoid(self._gate("z", torch.cat([x, hidden], 1)))
-        r = torch.sigmoid(self._gate("r", torch.cat([x, hidden], 1)))
-        candidate = torch.tanh(self._gate("h", torch.cat([r * hidden, x], 1)))
+        x = torch.cat([prior.to(squeezed.dtype), squeezed, mid], dim=1)
+        x_h = torch.cat([x, hidden], 1)
+        z = torch.sigmoid(self._gate("z", x_h))
+        r = torch.sigmoid(self._gate("r", x_h))
+        candidate = torch.tanh(self._gate("h", torch.cat([x, r * hidden], 1)))  # x first, as the authors
         hidden = (1 - z) * hidden + z * candidate
         coarse = decode(self.decoder1, self.decoder2, squeezed + hidden)  # Eq. 5
-        prior = F.interpolate(prev_mask, size=coarse.shape[-2:], mode="bilinear", align_corners=True)
-        return self.res(torch.cat([coarse, prior], 1)), hidden  # Eq. 6 (softmax applied by the caller)
+        prior = F.interpolate(prior, size=coarse.shape[-2:], mode="bilinear", align_corners=True)
+        return self.res(torch.cat([coarse, prior.to(coarse.dtype)], 1)), hidden  # Eq. 6
 
     def refine(
         self,
@@ -358,53 +387,77 @@ class IMRHSNet(nn.Module):
         zero_shot: bool = False,
         reuse_correlation: bool = True,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """Iterative mutual refinement. Masks (B, 1, H, W) are foreground probabilities.
+        """Iterative mutual refinement, as the authors' forward computes it.
 
-        Both branches read the other branch's mask from the previous step (a simultaneous,
-        symmetric update; masks never accumulate). `update_support=False` keeps the support
-        mask fixed (pixel-labelled supports); `zero_shot` makes the query its own support.
-        `reuse_correlation` computes the dot products once (`PairCorrelation`) instead of per
-        step; the results are the same. Returns per-step logits (B, 2, 2h, 2w) of both branches.
+        Masks (B, 1, h, w) in [0, 1], any size: CAMs (the authors feed 50x50) or pixel masks.
+        Step 1 masks the query features by the SUPPORT mask and the support features by the
+        QUERY mask (the authors' swap); both branches correlate these two masked sets. After
+        each step but the last, the masked query features are multiplied again by the query
+        branch's foreground probability and the support features by the support branch's, so
+        masks accumulate. A branch's prior is its initial mask at the squeezed resolution, then
+        its last probability resized there. `update_support=False` (pixel-labelled supports)
+        runs no support branch and never re-masks the support; `zero_shot` makes the query its
+        own support. `reuse_correlation` (`MaskedPair`) changes the speed, not the results.
+        Returns per-step logits (B, 2, 2h, 2w) of both branches (support: None when not run).
         """
         if zero_shot:
             support, support_mask = query, query_mask
         size = query[0][0].shape[-2:]
-        batch = query_mask.shape[0]
         mid_q = self.mid_features(query)
         mid_s = mid_q if zero_shot else self.mid_features(support)
-        h_q = h_s = self.initial_state(batch, size)
-        pair = PairCorrelation(query, support) if reuse_correlation else None
+        h_q = h_s = self.initial_state(query_mask.shape[0], size)
+        prior_q, prior_s = resize(query_mask, size), resize(support_mask, size)
+        masks_q, masks_s = level_masks(query, support_mask), level_masks(support, query_mask)
+        pair = MaskedPair(query, support, reuse=reuse_correlation)
         q_out: list[torch.Tensor] = []
         s_out: list[torch.Tensor | None] = []
-        for _ in range(steps):
-            corr_q = (
-                pair.query_side(support_mask)
-                if pair
-                else [
-                    correlation(q, s) for q, s in zip(query, mask_levels(support, support_mask), strict=True)
-                ]
-            )
-            logits_q, h_q_next = self.step(corr_q, query_mask, h_q, mid_q)
+        for t in range(steps):
+            logits_q, h_q = self.step(pair.query_side(masks_q, masks_s), prior_q, h_q, mid_q)
             logits_s = None
-            if zero_shot:
-                logits_s, h_s = logits_q, h_q_next
-            elif update_support:
-                corr_s = (
-                    pair.support_side(query_mask)
-                    if pair
-                    else [
-                        correlation(s, q)
-                        for s, q in zip(support, mask_levels(query, query_mask), strict=True)
-                    ]
-                )
-                logits_s, h_s = self.step(corr_s, support_mask, h_s, mid_s)
-            h_q = h_q_next
-            query_mask = logits_q.softmax(1)[:, 1:]
-            if logits_s is not None:
-                support_mask = logits_s.softmax(1)[:, 1:]
+            if update_support and not zero_shot:
+                logits_s, h_s = self.step(pair.support_side(masks_s, masks_q), prior_s, h_s, mid_s)
             q_out.append(logits_q)
-            s_out.append(logits_s)
+            s_out.append(logits_q if zero_shot else logits_s)
+            if t == steps - 1:
+                break
+            prob_q = logits_q.softmax(1)[:, 1:]
+            masks_q = [m * resize(prob_q, m.shape[-2:]) for m in masks_q]
+            prior_q = resize(prob_q, size)
+            if zero_shot:
+                masks_s = masks_q
+            elif logits_s is not None:
+                prob_s = logits_s.softmax(1)[:, 1:]
+                masks_s = [m * resize(prob_s, m.shape[-2:]) for m in masks_s]
+                prior_s = resize(prob_s, size)
         return q_out, s_out
+
+
+# ----------------------------------------------------------------------------- inputs and outputs
+def initial_mask(mask: np.ndarray, size: int, *, pixel: bool) -> torch.Tensor:
+    """An initial mask (H, W) in [0, 1] as the model's input (1, 1, h, w), as the authors feed them:
+    pixel masks at the network input size (nearest), CAMs at the finest feature size, size / 8
+    (50x50 at 400; antialiased bilinear when shrinking, the identity for clip-cam --cam-size 50)."""
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    if pixel:
+        return F.interpolate(m, size=(size, size), mode="nearest")
+    side = -(-size // 8)
+    if m.shape[-2:] == (side, side):
+        return m.clamp(0, 1)
+    return F.interpolate(m, size=(side, side), mode="bilinear", antialias=True).clamp(0, 1)
+
+
+def final_mask(logits: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """The authors' final-mask rule: logits (1, 2, h, w) upsampled bilinearly (align_corners) to
+    `shape`, then the argmax over the two classes (ties are background) -> (H, W) uint8 0/1."""
+    up = F.interpolate(logits.float(), size=tuple(shape), mode="bilinear", align_corners=True)[0]
+    return (up[1] > up[0]).cpu().numpy().astype(np.uint8)
+
+
+def vote(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """HSNet's k-shot rule: per-pixel votes of the shots' masks over the image's largest vote
+    (at least 1); a ratio >= 0.5 is foreground."""
+    votes = np.sum(masks, axis=0, dtype=np.float32)
+    return (votes / max(float(votes.max()), 1.0) >= 0.5).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- reference checkpoints
