@@ -44,7 +44,14 @@ from stages.core.datasets.readers import PANOPTIC_CATEGORIES
 from stages.core.episodes import read_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import read_label
-from stages.core.metrics import ConfusionMatrix, FssMeter, PanopticImage, PanopticQuality, gfss_summary
+from stages.core.metrics import (
+    ConfusionMatrix,
+    FssMeter,
+    PanopticImage,
+    PanopticQuality,
+    SegmentListError,
+    gfss_summary,
+)
 from stages.core.panoptic import load_coco_panoptic, read_coco_png, read_instance_ids
 
 log = logging.getLogger(__name__)
@@ -353,17 +360,44 @@ def _cityscapes_form_files(folder: Path, what: str) -> dict[str, Path]:
     return files
 
 
+def _coco_missing_error(missing: Sequence[Any], gt, pred) -> FssegError:
+    shown = ", ".join(f"image_id {k!r} ({gt.entries[k][0].name})" for k in missing[:3])
+    shown += ", ..." if len(missing) > 3 else ""
+    hint = ""
+    same = {str(k): k for k in pred.entries}
+    twin = next((same[str(k)] for k in missing if str(k) in same), None)
+    if twin is not None:  # e.g. 1 in the ground truth, "1" in the prediction
+        hint = (
+            f" (the prediction writes image_id {twin!r} where the ground truth has {missing[0]!r}: "
+            f"write the ground truth's image_id values)"
+        )
+    return FssegError(
+        f"{len(missing)} of {len(gt.entries)} ground-truth images have no prediction in {pred.json_path} "
+        f"(paired by image_id): {shown}{hint}; predict them, or pass --missing-as-empty to count them "
+        f"as empty predictions"
+    )
+
+
 def _panoptic(pred_dir, gt_dir, *, panoptic_format, dataset_name, missing_as_empty, workers, on_progress):
     if gt_dir is None:
         raise FssegError("--gt is required for --task panoptic")
     if panoptic_format == "coco":
-        categories_info, gt_entries = load_coco_panoptic(gt_dir)
-        _, pred_entries = load_coco_panoptic(pred_dir)
-        categories = {c: bool(info.get("isthing", 0)) for c, info in categories_info.items()}
-        names = {c: str(info.get("name", c)) for c, info in categories_info.items()}
+        gt_coco = load_coco_panoptic(gt_dir)
+        if not gt_coco.categories:
+            raise FssegError(f"{gt_coco.json_path} lists no categories; the ground truth must list them")
+        pred_coco = load_coco_panoptic(pred_dir, need_categories=False)  # categories: the ground truth's
+        categories = {c: bool(info.get("isthing", 0)) for c, info in gt_coco.categories.items()}
+        names = {c: str(info.get("name", c)) for c, info in gt_coco.categories.items()}
+        gt_entries, pred_entries = gt_coco.entries, pred_coco.entries  # paired by image_id
 
         def load(entries, key):
             return read_coco_png(*entries[key])
+
+        def png_of(entries, key) -> Path:
+            return entries[key][0]
+
+        def json_of(side: str) -> Path:
+            return (gt_coco if side == "ground-truth" else pred_coco).json_path
     elif panoptic_format == "cityscapes":
         if dataset_name not in PANOPTIC_CATEGORIES:
             raise FssegError(
@@ -376,31 +410,50 @@ def _panoptic(pred_dir, gt_dir, *, panoptic_format, dataset_name, missing_as_emp
 
         def load(entries, key):
             return read_instance_ids(entries[key], categories)
+
+        def png_of(entries, key) -> Path:
+            return entries[key]
+
+        def json_of(side: str) -> Path:  # never needed: Cityscapes-form ids carry their categories
+            return gt_dir if side == "ground-truth" else pred_dir
     else:
         raise FssegError(f"--format {panoptic_format!r} is not one of cityscapes, coco")
     missing = [k for k in gt_entries if k not in pred_entries]
     if missing and not missing_as_empty:
+        if panoptic_format == "coco":
+            raise _coco_missing_error(missing, gt_coco, pred_coco)
         raise _missing_error(missing, len(gt_entries), pred_dir)
+    known = f"the ground truth's {len(categories)} categories (ids {min(categories)}..{max(categories)})"
 
-    def score(key: str) -> PanopticQuality:
+    def score(key) -> PanopticQuality:
         gt = load(gt_entries, key)
-        pred = load(pred_entries, key) if key in pred_entries else PanopticImage(np.zeros_like(gt.ids), {})
+        if key not in pred_entries:
+            return PanopticQuality().update(gt, PanopticImage(np.zeros_like(gt.ids), {}))
+        pred = load(pred_entries, key)
+        pred_png = png_of(pred_entries, key)
         if pred.ids.shape != gt.ids.shape:
             raise FssegError(
-                f"panoptic prediction for {key} is {pred.ids.shape[1]}x{pred.ids.shape[0]} but its "
+                f"panoptic prediction {pred_png} is {pred.ids.shape[1]}x{pred.ids.shape[0]} but its "
                 f"ground truth is {gt.ids.shape[1]}x{gt.ids.shape[0]}; predict at the ground-truth size"
             )
-        unknown = set(pred.categories.values()) - set(categories)
-        if unknown:
-            raise FssegError(
-                f"panoptic prediction for {key} uses unknown category id(s) {sorted(unknown)[:5]}; "
-                f"known: {sorted(categories)}"
-            )
+        for sid, cat in pred.categories.items():
+            if cat not in categories:
+                raise FssegError(
+                    f"{pred_png}: segment {sid} has category_id {cat}, which is not among {known}; "
+                    f"use the ground truth's category ids"
+                )
         try:
-            return PanopticQuality().update(gt, pred)
-        except ValueError as err:
+            return PanopticQuality().update(gt, pred, require_listed=True)
+        except SegmentListError as err:
+            png = png_of(gt_entries if err.side == "ground-truth" else pred_entries, key)
+            if err.problem == "absent":
+                raise FssegError(
+                    f"{png}: segment {err.segment_id} is listed in segments_info but absent from the PNG; "
+                    f"drop it from segments_info or draw it in the PNG"
+                ) from None
             raise FssegError(
-                f"{key}: {err}; every segment id in the PNG needs an entry in the JSON"
+                f"{png}: segment id {err.segment_id} is in the PNG but not in its segments_info in "
+                f"{json_of(err.side)}; list every segment id of the PNG in the JSON"
             ) from None
 
     pq = _parallel_sum(score, list(gt_entries), PanopticQuality(), workers, on_progress)

@@ -1,5 +1,6 @@
 """`fsseg evaluate --task semantic`: hand-computed numbers, an independent recomputation on
-real CamVid labels, reruns, and one-line errors that leave earlier outputs intact."""
+real CamVid labels, reruns, and one-line errors that leave earlier outputs intact; COCO panoptic
+inputs paired by image_id, and their one-line errors."""
 
 from __future__ import annotations
 
@@ -319,3 +320,107 @@ def test_gfss_binary_perfect_and_wrong_protocol(tmp_path):
         tmp_path / "x",
     )
     assert "episodes file not found" in error_line(proc)
+
+
+# ----------------------------------------------------------------------------- COCO panoptic inputs
+# 133 categories as in COCO panoptic: road (7, stuff), car (26, thing) and 131 others, ids 200..330
+COCO_CATEGORIES = [{"id": 7, "name": "road", "isthing": 0}, {"id": 26, "name": "car", "isthing": 1}] + [
+    {"id": i, "name": f"other{i}", "isthing": 0} for i in range(200, 331)
+]
+
+
+def _coco_image(car_cols):
+    """6x8 ids: road (1) above, a car (2) in rows 3-5 at `car_cols`, void (0) elsewhere below."""
+    ids = np.zeros((6, 8), np.uint32)
+    ids[:3] = 1
+    ids[3:, car_cols] = 2
+    return ids
+
+
+def _write_panoptic(folder, annotations, images, categories):
+    from stages.core.panoptic import id_to_rgb
+
+    (folder / "panoptic").mkdir(parents=True)
+    for file_name, ids in images.items():
+        Image.fromarray(id_to_rgb(ids)).save(folder / "panoptic" / file_name)
+    doc = {"annotations": annotations} | ({"categories": categories} if categories else {})
+    (folder / "panoptic.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def coco_pair(tmp_path):
+    """Two images; the prediction lists them in the other order, under other file names and
+    segment ids, and without `categories`: equal to the ground truth when paired by image_id."""
+    gt_images = {"a.png": _coco_image(slice(0, 3)), "b.png": _coco_image(slice(5, 8))}
+    segments = [{"id": 1, "category_id": 7, "iscrowd": 0}, {"id": 2, "category_id": 26, "iscrowd": 0}]
+    gt_ann = [
+        {"image_id": 1, "file_name": "a.png", "segments_info": segments},
+        {"image_id": 2, "file_name": "b.png", "segments_info": segments},
+    ]
+    _write_panoptic(tmp_path / "gt", gt_ann, gt_images, COCO_CATEGORIES)
+    pred_images = {"pred_2.png": gt_images["b.png"] * 5, "pred_1.png": gt_images["a.png"] * 5}
+    pred_ann = [
+        {"image_id": i, "file_name": f"pred_{i}.png", "segments_info": [
+            {"id": 5, "category_id": 7}, {"id": 10, "category_id": 26}]}
+        for i in (2, 1)
+    ]  # fmt: skip
+    return tmp_path / "pred", tmp_path / "gt", pred_ann, pred_images
+
+
+def _panoptic_eval(pred, gt, out, *extra):
+    return run_fsseg(
+        "evaluate", "--task", "panoptic", "--format", "coco", "--pred", pred, "--gt", gt, "--out", out, *extra
+    )
+
+
+def test_coco_panoptic_pairs_by_image_id_without_prediction_categories(coco_pair, tmp_path):
+    pred, gt, pred_ann, pred_images = coco_pair
+    _write_panoptic(pred, pred_ann, pred_images, None)
+    _panoptic_eval(pred, gt, tmp_path / "ev").check_returncode()
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["pq"] == pytest.approx(100.0) and metrics["num_images"] == 2
+    rows = {r["name"]: r for r in metrics["per_class"]}
+    assert (rows["car"]["tp"], rows["car"]["fp"], rows["car"]["fn"]) == (2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", r"^error: 1 of 2 ground-truth images have no prediction in \S*panoptic\.json "
+         r"\(paired by image_id\): image_id 2 \(b\.png\); .*--missing-as-empty"),
+        ("id_type", r"image_id 1 \(a\.png\), image_id 2 \(b\.png\) \(the prediction writes image_id '1' where the "
+         r"ground truth has 1: write the ground truth's image_id values\)"),
+        ("absent", r"pred_1\.png: segment 99 is listed in segments_info but absent from the PNG; drop it from "
+         r"segments_info or draw it in the PNG"),
+        ("unknown_category", r"pred_1\.png: segment 10 has category_id 999, which is not among the ground "
+         r"truth's 133 categories \(ids 7\.\.330\); use the ground truth's category ids"),
+        ("unlisted", r"pred_1\.png: segment id 10 is in the PNG but not in its segments_info in \S*panoptic\.json"),
+        ("duplicate", r"panoptic\.json has two annotations for image_id 1; keep one per image"),
+    ],
+)  # fmt: skip
+def test_coco_panoptic_errors_are_one_short_line(coco_pair, tmp_path, case, expected):
+    pred, gt, pred_ann, pred_images = coco_pair
+    first = pred_ann[1]  # image_id 1
+    if case == "missing":
+        pred_ann.remove(pred_ann[0])
+    elif case == "id_type":
+        for a in pred_ann:
+            a["image_id"] = str(a["image_id"])
+    elif case == "absent":
+        first["segments_info"] = [*first["segments_info"], {"id": 99, "category_id": 26}]
+    elif case == "unknown_category":
+        first["segments_info"] = [first["segments_info"][0], {"id": 10, "category_id": 999}]
+    elif case == "unlisted":
+        first["segments_info"] = first["segments_info"][:1]
+    elif case == "duplicate":
+        pred_ann.append(dict(first))
+    _write_panoptic(pred, pred_ann, pred_images, None)
+    line = error_line(_panoptic_eval(pred, gt, tmp_path / "ev"))
+    assert re.search(expected, line), line
+    assert "200, 201" not in line and len(line) < 400, line  # never the list of every category id
+    assert not (tmp_path / "ev").exists()
+    if case == "missing":  # counted as an empty prediction when asked: road and car missed in b.png
+        _panoptic_eval(pred, gt, tmp_path / "ev", "--missing-as-empty").check_returncode()
+        metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        rows = {r["name"]: r for r in metrics["per_class"]}
+        assert metrics["num_missing"] == 1 and (rows["car"]["tp"], rows["car"]["fn"]) == (1, 1)

@@ -202,3 +202,80 @@ def test_cityscapes_form_crowd_and_void(tmp_path):
     assert (rows["car"]["tp"], rows["car"]["fp"], rows["car"]["fn"]) == (1, 0, 1)
     assert (rows["person"]["tp"], rows["person"]["fp"]) == (0, 1)
     assert metrics["stuff"]["n"] == 1 and metrics["things"]["n"] == 2
+
+
+def _two_crowds_of_one_category():
+    """10x10, road (7) around: a car (id 2, rows 0-1 x 0-4), two crowds of cars: A (id 10, rows
+    5-6 x 0-4, 10 px) and B (id 11, row 8 x 0-4, 5 px), void at row 9 x 0-4. The prediction
+    has the car exactly and one more car (id 103, 10 px) unmatched: 1 px on void, 5 on crowd A,
+    2 on crowd B, 2 on road."""
+    gt = np.ones((10, 10), np.int64)
+    gt[0:2, 0:5] = 2
+    gt[5:7, 0:5] = 10
+    gt[8, 0:5] = 11
+    gt[9, 0:5] = 0
+    pred = np.full((10, 10), 101, np.int64)
+    pred[0:2, 0:5] = 102
+    pred[9, 0] = pred[5, 0:5] = pred[8, 0:2] = pred[3, 0:2] = 103
+    return gt, pred, {101: 7, 102: 26, 103: 26}
+
+
+@pytest.mark.parametrize("crowd_order", [(10, 11), (11, 10)])
+def test_only_the_last_listed_crowd_segment_of_a_category_counts(tmp_path, capsys, crowd_order):
+    """panopticapi / cityscapesScripts keep one crowd segment per category, the last one listed:
+    the unmatched car is a false positive when crowd B (2 px) counts, (1 + 2) / 10 = 0.3, and is
+    not when crowd A (5 px) counts, (1 + 5) / 10 = 0.6. Summing both crowds (fsseg before) gave
+    (1 + 5 + 2) / 10 = 0.8 and never a false positive."""
+    gt, pred, pred_segments = _two_crowds_of_one_category()
+    gt_segments = {1: (7, 0), 2: (26, 0)} | {c: (26, 1) for c in crowd_order}
+    car_fp = crowd_order[-1] == 11
+    # road: 68 px shared; union 80 (pred) + 70 (gt) - 68 - 4 (pred road on void) = 78
+    road_pq = 68 / 78
+    car = {"pq": 1 / 1.5, "sq": 1.0, "rq": 1 / 1.5} if car_fp else {"pq": 1.0, "sq": 1.0, "rq": 1.0}
+    expected_all_pq = (road_pq + car["pq"]) / 2  # 0.769231 or 0.935897
+
+    gt_ann = _write_coco(tmp_path / "gt", "panoptic", [(gt, gt_segments)], with_area=True)
+    pred_ann = _write_coco(tmp_path / "pred", "panoptic", [(pred, pred_segments)], with_area=False)
+    from stages.core.panoptic import read_coco_png
+
+    g = read_coco_png(tmp_path / "gt" / "panoptic" / "img0.png", gt_ann[0]["segments_info"])
+    assert g.crowd == {10, 11} and g.crowd_of == {26: crowd_order[-1]}
+    ours = PanopticQuality().update(g, PanopticImage(pred, pred_segments))
+    got = ours.results({c["id"]: bool(c["isthing"]) for c in CATEGORIES})
+    assert (got["per_class"][26]["tp"], got["per_class"][26]["fp"], got["per_class"][26]["fn"]) == (
+        1,
+        int(car_fp),
+        0,
+    )
+    assert got["per_class"][7]["pq"] == pytest.approx(road_pq, abs=1e-12)
+    for k in ("pq", "sq", "rq"):
+        assert got["per_class"][26][k] == pytest.approx(car[k], abs=1e-12)
+    assert got["all"]["pq"] == pytest.approx(expected_all_pq, abs=1e-12)
+
+    # without a listing order (PanopticImage built by hand), the highest crowd id counts: crowd B
+    by_hand = PanopticImage(gt, {k: v[0] for k, v in gt_segments.items()}, frozenset(crowd_order))
+    assert by_hand.crowd_of == {26: 11}
+
+    # the command line reads the JSON in list order
+    run_fsseg(
+        "evaluate", "--task", "panoptic", "--format", "coco", "--pred", tmp_path / "pred",
+        "--gt", tmp_path / "gt", "--out", tmp_path / "ev", check=True,
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["pq"] == pytest.approx(100 * expected_all_pq, abs=1e-9)
+    rows = {r["name"]: r for r in metrics["per_class"]}
+    assert (rows["car"]["tp"], rows["car"]["fp"]) == (1, int(car_fp))
+
+    try:  # the reference's own numbers, where cityscapesScripts is installed
+        from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as peer
+    except ImportError:
+        return
+    categories = {c["id"]: c for c in CATEGORIES}
+    stat = peer.pq_compute_single_core(
+        0, list(zip(gt_ann, pred_ann, strict=True)), str(tmp_path / "gt" / "panoptic"),
+        str(tmp_path / "pred" / "panoptic"), categories,
+    )  # fmt: skip
+    expected = peer.average_pq(stat, categories)
+    capsys.readouterr()
+    assert expected["All"]["pq"] == pytest.approx(expected_all_pq, abs=1e-12)
+    assert expected["per_class"][26]["pq"] == pytest.approx(car["pq"], abs=1e-12)

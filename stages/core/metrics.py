@@ -172,17 +172,38 @@ def gfss_summary(base_ious: np.ndarray, novel_ious: np.ndarray) -> dict[str, flo
     }
 
 
+class SegmentListError(ValueError):
+    """An id map and its segment list disagree: a segment id in the map has no category
+    (`problem` "unlisted"), or a listed predicted segment has no pixel ("absent")."""
+
+    def __init__(self, side: str, segment_id: int, problem: str):
+        self.side, self.segment_id, self.problem = side, int(segment_id), problem
+        what = (
+            "is in the id map but has no category" if problem == "unlisted" else "is listed but has no pixel"
+        )
+        super().__init__(f"{side} segment id {self.segment_id} {what}")
+
+
 @dataclass
 class PanopticImage:
     """One image's panoptic segmentation: a segment id map and each segment's category / crowd flag.
 
     `ids` (H, W) int: segment ids, 0 = void (unlabelled). `categories[id]` is the category of
-    segment `id`; `crowd` holds the ids of crowd segments (ground truth only).
+    segment `id`; `crowd` holds the ids of crowd segments (ground truth only). `crowd_of` maps a
+    category to the one crowd segment whose pixels excuse an unmatched prediction of that
+    category: the reference evaluators (panopticapi, cityscapesScripts) keep the last crowd
+    segment listed per category, so a reader of a segment list passes it in list order; when
+    not given, the highest crowd id of each category is taken.
     """
 
     ids: np.ndarray
     categories: dict[int, int]
     crowd: frozenset[int] = frozenset()
+    crowd_of: dict[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.crowd_of is None:
+            self.crowd_of = {self.categories[i]: i for i in sorted(self.crowd) if i in self.categories}
 
 
 @dataclass
@@ -192,8 +213,10 @@ class PanopticQuality:
     Per image: a ground-truth and a predicted segment of the same category match when their
     IoU > 0.5, where the union leaves out the predicted segment's pixels on ground-truth void;
     crowd ground-truth segments never match; an unmatched prediction is not a false positive
-    when more than half of it lies on void or on crowd regions of its own category. Pair
-    counting is one `np.bincount` over (gt segment, predicted segment) index pairs.
+    when more than half of it lies on void plus the crowd segment of its own category (only
+    one per category, `PanopticImage.crowd_of`: with several crowd segments of a category the
+    reference evaluators count the last one listed). Pair counting is one `np.bincount` over
+    (gt segment, predicted segment) index pairs.
     """
 
     stats: dict[int, np.ndarray] | None = None  # category -> [tp, fp, fn, iou_sum]
@@ -222,7 +245,12 @@ class PanopticQuality:
         index = np.minimum(np.searchsorted(known, flat), len(known) - 1)
         return known, np.where(known[index] == flat, index, len(known))
 
-    def update(self, gt: PanopticImage, pred: PanopticImage) -> PanopticQuality:
+    def update(
+        self, gt: PanopticImage, pred: PanopticImage, *, require_listed: bool = False
+    ) -> PanopticQuality:
+        """Add one image. Raises `SegmentListError` for a segment id in either map without a
+        category and, with `require_listed`, for a predicted segment listed in
+        `pred.categories` without a pixel (the reference evaluators reject both)."""
         if gt.ids.shape != pred.ids.shape:
             raise ValueError(f"ground truth is {gt.ids.shape} but prediction is {pred.ids.shape}")
         g_ids, g_index = self._index(gt)
@@ -245,9 +273,11 @@ class PanopticQuality:
         ):
             if unknown:
                 stray = np.setdiff1d(np.unique(image.ids), ids)
-                raise ValueError(f"{what} segment id {int(stray[0])} is in the id map but has no category")
+                raise SegmentListError(what, stray[0], "unlisted")
         counts = counts[:-1, :-1]
         g_area, p_area = counts.sum(1), counts.sum(0)
+        if require_listed and (p_area[1:] == 0).any():
+            raise SegmentListError("predicted", p_ids[1:][p_area[1:] == 0][0], "absent")
         g_cat = np.array([-1] + [gt.categories[i] for i in g_ids[1:]])
         p_cat = np.array([-2] + [pred.categories[i] for i in p_ids[1:]])
         g_crowd = np.array([False] + [i in gt.crowd for i in g_ids[1:]])
@@ -265,9 +295,14 @@ class PanopticQuality:
         g_matched, p_matched = matched.any(1), matched.any(0)
         for g in np.nonzero(g_present & ~g_matched & ~g_crowd)[0]:
             self._add(g_cat[g], fn=1)
-        crowd_rows = np.nonzero(g_crowd & g_present)[0]
+        crowd_row = {  # category -> row of its one counting crowd segment (listed, maybe no pixel)
+            int(c): int(np.searchsorted(g_ids, s))
+            for c, s in gt.crowd_of.items()
+            if s in gt.categories and s != 0
+        }
         for p in np.nonzero(p_present & ~p_matched)[0]:
-            ignored = counts[0, p] + sum(counts[g, p] for g in crowd_rows if g_cat[g] == p_cat[p])
+            row = crowd_row.get(int(p_cat[p]))
+            ignored = counts[0, p] + (counts[row, p] if row is not None else 0)
             if ignored / p_area[p] > 0.5:
                 continue
             self._add(p_cat[p], fp=1)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -63,11 +65,20 @@ def read_instance_ids(path: Path, categories: dict[int, bool]) -> PanopticImage:
     return from_instance_ids(read_label(path), categories)
 
 
-def load_coco_panoptic(folder: Path) -> tuple[dict[int, dict], dict[str, tuple[Path, list[dict]]]]:
-    """(categories by id, {file stem: (png path, segments_info)}) from a COCO panoptic folder.
+@dataclass(frozen=True)
+class CocoPanoptic:
+    """A COCO panoptic folder read: its JSON, categories by id (None when the JSON has no
+    `categories`, as a prediction may omit them) and one entry per annotation by `image_id`."""
 
-    The folder holds one `*.json`; the PNGs lie in a folder named like the JSON's stem, or beside it.
-    """
+    json_path: Path
+    categories: dict[int, dict] | None
+    entries: dict[Any, tuple[Path, list[dict]]]  # image_id -> (PNG path, segments_info)
+
+
+def load_coco_panoptic(folder: Path, *, need_categories: bool = True) -> CocoPanoptic:
+    """Read a COCO panoptic folder: one `*.json`, the PNGs in a folder named like the JSON's
+    stem or beside it. Annotations are keyed by `image_id`, as the reference evaluators pair
+    prediction with ground truth; `categories` may be absent unless `need_categories`."""
     folder = Path(folder)
     jsons = sorted(folder.glob("*.json")) if folder.is_dir() else []
     jsons = [j for j in jsons if j.name != "manifest.json" and not j.name.startswith(".")]
@@ -75,20 +86,29 @@ def load_coco_panoptic(folder: Path) -> tuple[dict[int, dict], dict[str, tuple[P
         raise FssegError(
             f"{folder} must hold exactly one COCO panoptic *.json (found {len(jsons)}); see README"
         )
+    path = jsons[0]
+    png_dir = path.with_suffix("") if path.with_suffix("").is_dir() else folder
     try:
-        data = json.loads(jsons[0].read_text())
-        categories = {int(c["id"]): c for c in data["categories"]}
-        annotations = data["annotations"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        data = json.loads(path.read_text())
+        categories = (
+            {int(c["id"]): c for c in data["categories"]} if need_categories or "categories" in data else None
+        )
+        entries: dict[Any, tuple[Path, list[dict]]] = {}
+        for a in data["annotations"]:
+            image_id = a["image_id"]
+            if image_id in entries:
+                raise FssegError(f"{path} has two annotations for image_id {image_id!r}; keep one per image")
+            entries[image_id] = (png_dir / a["file_name"], list(a["segments_info"]))
+    except (KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise FssegError(
-            f"{jsons[0]} is not a COCO panoptic JSON ({err.__class__.__name__}: {err}); fix it"
+            f"{path} is not a COCO panoptic JSON ({err.__class__.__name__}: {err}); fix it"
         ) from None
-    png_dir = jsons[0].with_suffix("") if jsons[0].with_suffix("").is_dir() else folder
-    entries = {Path(a["file_name"]).stem: (png_dir / a["file_name"], a["segments_info"]) for a in annotations}
-    return categories, entries
+    return CocoPanoptic(path, categories, entries)
 
 
 def read_coco_png(path: Path, segments_info: list[dict]) -> PanopticImage:
+    """A COCO panoptic PNG and its `segments_info` -> PanopticImage. A category's crowd segment
+    for false positives is its last one with iscrowd=1 in list order, as the reference keeps."""
     if not path.is_file():
         raise FssegError(f"panoptic PNG not found: {path}; check the folder named like the JSON")
     import cv2
@@ -101,8 +121,10 @@ def read_coco_png(path: Path, segments_info: list[dict]) -> PanopticImage:
     else:
         ids = rgb_to_id(bgr[..., ::-1])
     cats = {int(s["id"]): int(s["category_id"]) for s in segments_info}
-    crowd = frozenset(int(s["id"]) for s in segments_info if s.get("iscrowd", 0))
-    return PanopticImage(ids, cats, crowd)
+    crowd_listed = [s for s in segments_info if s.get("iscrowd", 0)]
+    crowd = frozenset(int(s["id"]) for s in crowd_listed)
+    crowd_of = {int(s["category_id"]): int(s["id"]) for s in crowd_listed}  # the last one listed wins
+    return PanopticImage(ids, cats, crowd, crowd_of)
 
 
 def write_coco_png(path: Path, ids: np.ndarray) -> None:
