@@ -173,6 +173,7 @@ def table1() -> None:
         size, min_area = "400", "2048"
     out, dev = cfg.out, cfg.device
     out.mkdir(parents=True, exist_ok=True)
+    cam += ["--cam-size", str(int(size) // 8)]  # the authors' CAMs: the finest feature size (50 at 400)
     fsseg("clip-cam", "--dataset", "pascal", "--root", data, "--split", cfg.val_split, *cam, *dev, "-q",
           "--out", out / "cams-val")  # fmt: skip
     if checkpoints is None:
@@ -190,10 +191,12 @@ def table1() -> None:
             ckpt = checkpoint_for(checkpoints, fold)
         fsseg("data", "episodes", "pascal", "--root", data, "--split", cfg.val_split, "--fold", fold, "--shots", 1,
               "--n", cfg.episodes, "--seed", 0, "--min-area", min_area, "--out", f / "episodes.json")  # fmt: skip
+        # the authors' test protocol: masks and ground truth at the network input size
         fsseg("refine", "--checkpoint", ckpt, "--episodes", f / "episodes.json", "--cams", out / "cams-val",
-              "--supervision", "label", "--img-size", size, *dev, "-q", "--out", f / "refine")  # fmt: skip
-        fsseg("evaluate", "--task", "fss", "--pred", f / "refine", "--episodes", f / "episodes.json", "-q",
-              "--out", f / "eval")  # fmt: skip
+              "--supervision", "label", "--img-size", size, "--mask-size", "input", *dev, "-q",
+              "--out", f / "refine")  # fmt: skip
+        fsseg("evaluate", "--task", "fss", "--pred", f / "refine", "--episodes", f / "episodes.json",
+              "--resize-gt", size, "-q", "--out", f / "eval")  # fmt: skip
         results[fold] = metrics(f / "eval")["miou"]
     results["mean"] = sum(results.values()) / 4
     print(f"\nIMR-HSNet Table 1, 1-shot, image-level labels, mIoU (%): {_title(cfg, 'PASCAL-5i')}; "

@@ -83,6 +83,14 @@ def refine(
         bool, typer.Option("--zero-shot", help="The query is its own support (paper Table 3).")
     ] = False,
     img_size: Annotated[int, typer.Option("--img-size", help="Network input side.")] = 400,
+    mask_size: Annotated[
+        Literal["original", "input"],
+        typer.Option(
+            "--mask-size",
+            help="Masks at the query's own size, or at the network input size (the authors' test protocol; "
+            "score with evaluate --resize-gt IMG_SIZE).",
+        ),
+    ] = "original",
     cam_backend: Annotated[
         Literal["auto", "clip", "imagenet"],
         typer.Option("--cam-backend", help="Backend for CAMs computed on the fly (without --cams)."),
@@ -118,6 +126,7 @@ def refine(
             steps=steps,
             zero_shot=zero_shot,
             img_size=img_size,
+            mask_size=mask_size,
             cam_backend=cam_backend,
             feature_cache=feature_cache,
             save_probs=save_probs,

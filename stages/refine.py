@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +73,13 @@ def load_refiner(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn
             ("imr-hsnet" if isinstance(model, IMRHSNet) else "hsnet"),
             data["model_kwargs"]["backbone"],
         )
+        if str(data.get("fsseg_version", "")).startswith("0.1."):
+            log.warning(
+                "%s was trained with fsseg %s, whose HSNet forward differed from the authors' (taps, GRU, "
+                "masking); it now runs the authors' forward: retrain it with `fsseg pretrain`",
+                checkpoint,
+                data["fsseg_version"],
+            )
     else:
         state = data.get("state_dict", data) if isinstance(data.get("state_dict"), dict) else data
         method, backbone = reference_architecture(state)
@@ -196,6 +203,7 @@ def run_refine(
     steps: int = 2,
     zero_shot: bool = False,
     img_size: int = 400,
+    mask_size: str = "original",
     cam_backend: str = "auto",
     feature_cache: int = 64,
     save_probs: bool = False,
@@ -217,6 +225,8 @@ def run_refine(
         raise FssegError("--label is needed when the supports have no --support-masks (the class to find)")
     if steps < 1:
         raise FssegError(f"--steps must be at least 1, got {steps}")
+    if mask_size not in ("original", "input"):
+        raise FssegError(f"--mask-size {mask_size!r} is not original or input")
     devices.seed_everything(seed)
     dev = devices.resolve_device(device)
     distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
@@ -238,6 +248,7 @@ def run_refine(
         "supervision": "mask" if fixed_support else "label",
         "zero_shot": zero_shot,
         "img_size": img_size,
+        "mask_size": mask_size,
         "label": label,
         "precision": precision,
         "cam_backend": cam_backend,
@@ -274,6 +285,7 @@ def run_refine(
                     backbone,
                     img_size,
                     dev,
+                    mask_size=mask_size,
                     steps=steps,
                     fixed_support=fixed_support,
                     zero_shot=zero_shot,
@@ -306,6 +318,7 @@ def _run_job(
     size,
     dev,
     *,
+    mask_size,
     steps,
     fixed_support,
     zero_shot,
@@ -314,7 +327,7 @@ def _run_job(
     q_image, q_initial = job.query.load()
     q_levels = cache(job.query.key, lambda: _to_tensor(q_image, size, backbone, dev))
     q_mask = initial_mask(q_initial, size, pixel=False).to(dev)
-    shape = q_image.shape[:2]
+    shape = q_image.shape[:2] if mask_size == "original" else (size, size)
     shot_masks: list[np.ndarray] = []
     probs = np.zeros(shape, np.float32)
     tiles: list[list[np.ndarray]] = []
@@ -390,13 +403,20 @@ def _grid(rows: list[list[np.ndarray]], side: int = 220) -> np.ndarray:
     )
 
 
-def _cam_lookup(cams_dir, artifact, compute: Callable[[np.ndarray, str], np.ndarray] | None):
-    """A function (cam id, image, label) -> CAM, from an artifact, else computed."""
+FLAT_PRIOR = 0.5  # a query without a CAM under pixel-mask supervision starts from this flat mask
 
-    def get(cam_id: str, image: np.ndarray, label: str) -> np.ndarray:
+
+def _cam_lookup(cams_dir, artifact, compute: Callable[[np.ndarray, str], np.ndarray | None] | None):
+    """A function (cam id, image, label, optional) -> CAM, from an artifact, else computed. With
+    `optional`, a CAM that does not exist (not in the artifact, or a label the CAM backend does
+    not know) gives a flat FLAT_PRIOR map instead of an error."""
+
+    def get(cam_id: str, image: np.ndarray, label: str, optional: bool = False) -> np.ndarray:
         if artifact is not None:
             path = Path(cams_dir) / "cams" / f"{cam_id}.npy"
             if not path.is_file():
+                if optional:
+                    return np.full(image.shape[:2], FLAT_PRIOR, np.float32)
                 raise FssegError(
                     f"no CAM {cam_id} in {cams_dir}; run `fsseg clip-cam` over the same images "
                     f"(for a dataset: --dataset with the same split)"
@@ -410,22 +430,53 @@ def _cam_lookup(cams_dir, artifact, compute: Callable[[np.ndarray, str], np.ndar
                     align_corners=False,
                 )[0, 0].numpy()
             return cam
-        return compute(image, label)
+        cam = compute(image, label)
+        if cam is None:
+            if optional:
+                return np.full(image.shape[:2], FLAT_PRIOR, np.float32)
+            raise _unknown_label(label)
+        return cam
 
     return get
 
 
-def _computer(labels: list[str], backend: str, dev) -> Callable[[np.ndarray, str], np.ndarray]:
+def _unknown_label(label: str) -> FssegError:
+    return FssegError(
+        f"the offline imagenet CAM backend knows no {label!r}, so its supports have no initial mask; "
+        f"pass --cams from `fsseg clip-cam --backend clip`, or support masks (--supervision mask)"
+    )
+
+
+def _computer(
+    labels: list[str], backend: str, dev, *, required: Sequence[str] = ()
+) -> Callable[[np.ndarray, str], np.ndarray | None]:
+    """CAMs computed on the fly, scored against the class list `labels`; None for a label the
+    chosen backend does not know (an error at once for the `required` labels: label supervision
+    needs their CAMs)."""
     from stages.models import cam as cams
+    from stages.models.imagenet_labels import imagenet_classes
 
     chosen = cams.resolve_backend(backend, "RN50", "openai")
+
+    def known(label: str) -> bool:
+        try:
+            return chosen == "clip" or bool(imagenet_classes(label))
+        except FssegError:
+            return False
+
+    usable = [label for label in labels if known(label)]
+    for label in required:
+        if label not in usable:
+            raise _unknown_label(label)
+    if not usable:
+        return lambda image, label: None
     engine = cams.LabelCams.build(
-        chosen, labels, score="softmax" if len(labels) > 1 else "cosine", device=dev
+        chosen, usable, score="softmax" if len(usable) > 1 else "cosine", device=dev
     )
     log.info(
         "computing initial masks with the %s CAM backend (pass --cams to reuse a clip-cam artifact)", chosen
     )
-    return lambda image, label: engine([image], [label])[0]
+    return lambda image, label: engine([image], [label])[0] if label in usable else None
 
 
 def _benchmark_jobs(doc, root, cams_dir, artifact, fixed_support, zero_shot, backend, dev) -> list[Job]:
@@ -436,7 +487,12 @@ def _benchmark_jobs(doc, root, cams_dir, artifact, fixed_support, zero_shot, bac
     compute = (
         None
         if artifact is not None
-        else _computer([n for c, n in enumerate(names) if c != doc["background"]], backend, dev)
+        else _computer(
+            [n for c, n in enumerate(names) if c != doc["background"]],
+            backend,
+            dev,
+            required=() if fixed_support else sorted({names[ep["class"]] for ep in doc["episodes"]}),
+        )
     )
     cam = _cam_lookup(cams_dir, artifact, compute)
 
@@ -445,7 +501,7 @@ def _benchmark_jobs(doc, root, cams_dir, artifact, fixed_support, zero_shot, bac
         return read_image(ds.sample(sample_id).image)
 
     def query_shot(qid: str, c: int) -> Shot:
-        return Shot(qid, lambda: (image(qid), cam(f"{qid}__{c}", image(qid), names[c])))
+        return Shot(qid, lambda: (image(qid), cam(f"{qid}__{c}", image(qid), names[c], fixed_support)))
 
     def support_shot(sid: str, c: int) -> Shot:
         if fixed_support:
@@ -469,7 +525,7 @@ def _adhoc_jobs(
     compute = (
         None
         if artifact is not None or (support_masks is not None and not label)
-        else _computer([label or "object"], backend, dev)
+        else _computer([label or "object"], backend, dev, required=[label] if support_masks is None else [])
     )
     cam = _cam_lookup(cams_dir, artifact, compute)
 
@@ -497,8 +553,8 @@ def _adhoc_jobs(
         def load():
             img = read_image(path)
             if label or artifact is not None:
-                return img, cam(path.stem, img, label)
-            return img, np.full(img.shape[:2], 0.5, np.float32)  # no prior for the query
+                return img, cam(path.stem, img, label, support_masks is not None)
+            return img, np.full(img.shape[:2], FLAT_PRIOR, np.float32)  # no prior for the query
 
         return Shot(f"q:{path}", load)
 

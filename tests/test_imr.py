@@ -443,3 +443,23 @@ def test_hsnet_and_imr_have_distinct_names():
         "backbone",
         "hpn_learner",
     }
+
+
+def test_mask_supervision_without_cams_on_camvid(voc, tmp_path):
+    """Pixel-labelled supports need no CAM: a query whose class the offline CAM backend does not
+    know (CamVid's Sky) starts from a flat mask; label supervision says which class lacks CAMs."""
+    camvid = shared_data("camvid")
+    episodes = tmp_path / "episodes.json"
+    run_fsseg(
+        "data", "episodes", "camvid", "--root", camvid, "--split", "val", "--fold", 0, "--n", 3,
+        "--out", episodes, env=voc["env"], check=True,
+    )  # fmt: skip
+    classes = {ep["class"] for ep in json.loads(episodes.read_text())["episodes"]}
+    assert 0 in classes  # Sky: no ImageNet counterpart
+    args = ["refine", "--checkpoint", voc["hsnet"], "--episodes", episodes, "--refiner", "none",
+            "--cam-backend", "imagenet", "--img-size", 64]  # fmt: skip
+    run_fsseg(*args, "--supervision", "mask", "--out", tmp_path / "mask", env=voc["env"], check=True)
+    assert len(list((tmp_path / "mask" / "pred").glob("*.png"))) == 3
+    label = run_fsseg(*args, "--supervision", "label", "--out", tmp_path / "label", env=voc["env"])
+    assert "knows no 'Sky'" in error_line(label) and "--supervision mask" in error_line(label)
+    assert not (tmp_path / "label").exists()
