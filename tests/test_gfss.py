@@ -191,7 +191,7 @@ def test_finetune_fss_and_gfss_then_evaluate(trained, tmp_path):
         run_fsseg(
             "finetune-episode",
             "--checkpoint",
-            trained["ckpt"],
+            b / "psp" if batch == 1 else trained["ckpt"],  # the pretrain folder stands for its best.pt
             "--episodes",
             b / f"{protocol}.json",
             "--mode",
