@@ -18,8 +18,11 @@ query-dim input is transposed.
 - `IMRHSNet`: the GRU-style refinement of paper Eq. 4 (1x1 conv then two 3x3 group convs of 8
   groups each: 16 groups in all), learned initial state, head of Eq. 5-6, symmetric support and
   query branches with shared weights.
-Parameter names follow the authors' models, so their released state dicts load directly
-(`load_reference_state_dict`).
+- `initial_mask`, `final_mask`, `vote`: the authors' model inputs and outputs (mask sizes, the
+  argmax of upsampled logits, the k-shot vote).
+The forward is the authors' code's, checked number for number against their outputs
+(tests/test_parity.py; the facts are in ../shared/reference/parity/README.md). Parameter names
+follow their models, so their released state dicts load directly (`load_reference_state_dict`).
 """
 
 from __future__ import annotations
