@@ -7,8 +7,10 @@ set -euo pipefail
 FSSEG=${FSSEG:-.venv/bin/fsseg}
 DATA=${DATA:-../shared/data/camvid}
 OUT=${OUT:-runs/camvid-imr}
+# bf16 is fast only on CPUs with bf16 units (AVX-512 BF16 / AMX); elsewhere pass PRECISION=fp32
+PRECISION=${PRECISION:-bf16}
 COMMON=(--dataset camvid --root "$DATA" --fold 2 --backbone efficientnet_lite0 --img-size 256 --batch-size 8
-        --episodes-per-epoch 200 --epochs 3 --precision bf16)
+        --episodes-per-epoch 200 --epochs 3 --precision "$PRECISION")
 
 $FSSEG clip-cam --dataset camvid --root "$DATA" --split train --backend imagenet --cam-size 90 --out "$OUT/cams-train" -q
 $FSSEG clip-cam --dataset camvid --root "$DATA" --split val --backend imagenet --cam-size 90 --out "$OUT/cams-val" -q
@@ -20,7 +22,7 @@ for refiner in none mutual imr; do
   for supervision in label mask; do
     run="$OUT/refine-$refiner-$supervision"
     $FSSEG refine --checkpoint "$ckpt" --episodes "$OUT/episodes.json" --cams "$OUT/cams-val" --refiner "$refiner" \
-      --supervision "$supervision" --img-size 256 --precision bf16 --out "$run" -q
+      --supervision "$supervision" --img-size 256 --precision "$PRECISION" --out "$run" -q
     $FSSEG evaluate --task fss --pred "$run" --episodes "$OUT/episodes.json" --out "$run/eval" -q
   done
 done

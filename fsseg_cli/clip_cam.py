@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from fsseg_cli.console import console, fail, handles_errors, progress, setup_logging
+from fsseg_cli import options as opt
+from fsseg_cli.console import fail, handles_errors, progress, say, setup_logging
 from fsseg_cli.options import Device, NumWorkers, Out, Overwrite, Precision, Quiet, Seed, Verbose
 
 HELP = (
@@ -86,11 +87,11 @@ def clip_cam(
         ),
     ] = "gradcam",
     threshold: Annotated[
-        float, typer.Option("--threshold", help="Mask = CAM >= threshold.", rich_help_panel=Panel)
+        float, opt.probability("--threshold", help="Mask = CAM >= threshold.", rich_help_panel=Panel)
     ] = 0.5,
     input_size: Annotated[
         int,
-        typer.Option(
+        opt.side(
             "--input-size",
             help="Network input side; the whole image is resized to it (no crop).",
             rich_help_panel=Panel,
@@ -98,11 +99,11 @@ def clip_cam(
     ] = 224,
     cam_size: Annotated[
         int | None,
-        typer.Option(
+        opt.pixels(
             "--cam-size", help="Store CAMs at NxN instead of the original size.", rich_help_panel=Panel
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward/backward.")] = 16,
+    batch_size: Annotated[int, opt.count("--batch-size", help="Images per forward/backward.")] = 16,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first unreadable image.")] = False,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -148,12 +149,8 @@ def clip_cam(
     manifest = json.loads((path / "manifest.json").read_text())
     outputs, params = manifest["outputs"], manifest["params"]
     n_ok = len(outputs["items"]) - len(outputs["failed"])
-    console.print(
-        f"{n_ok} CAMs ({params['backend']} {params['model']}, {params['method']}) -> {path}/overlays",
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(f"{n_ok} CAMs ({params['backend']} {params['model']}, {params['method']}) -> {path}/overlays")
     if outputs["failed"]:
         for entry in outputs["failed"]:
-            console.print(f"  failed: {entry['error']}", highlight=False, soft_wrap=True)
+            say(f"  failed: {entry['error']}")
         raise fail(f"{len(outputs['failed'])} image(s) could not be read (listed above); the others are done")

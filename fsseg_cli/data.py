@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
+from fsseg_cli import options
 from fsseg_cli.console import console, fail, handles_errors, progress, setup_logging
 from fsseg_cli.options import NumWorkers, Out, Overwrite, Quiet, Seed, Verbose
 
@@ -86,10 +87,13 @@ def check(
 def episodes(
     dataset: Annotated[DatasetName, typer.Argument(help="Dataset layout.")],
     root: Root,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Episodes JSON file to write.")],
-    fold: Annotated[int, typer.Option("--fold", help="Fold whose classes are the novel ones.")] = 0,
-    shots: Annotated[int, typer.Option("--shots", min=1, help="Supports per episode (K).")] = 1,
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of episodes.")] = 1000,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Episodes JSON file to write (replaced only with --overwrite)."),
+    ],
+    fold: Annotated[int, options.index("--fold", help="Fold whose classes are the novel ones.")] = 0,
+    shots: Annotated[int, options.count("--shots", help="Supports per episode (K).")] = 1,
+    n: Annotated[int, options.count("--n", help="Number of episodes.")] = 1000,
     split: Annotated[
         str | None,
         typer.Option(
@@ -105,17 +109,17 @@ def episodes(
     ] = "fss",
     min_area: Annotated[
         int,
-        typer.Option(
+        options.pixels(
             "--min-area",
-            min=1,
             help="Pixels a class must cover in an image to be used (2048 = 2*32^2, PFENet's rule).",
         ),
     ] = 2048,
     n_folds: Annotated[
         int | None,
-        typer.Option("--n-folds", help="Folds for datasets without published ones (interleaved classes)."),
+        options.count("--n-folds", help="Folds for datasets without published ones (interleaved classes)."),
     ] = None,
     seed: Seed = 0,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -123,8 +127,9 @@ def episodes(
     Same arguments and seed give the same file, byte for byte."""
     setup_logging(quiet, verbose)
     from stages.core.datasets import open_dataset
-    from stages.core.episodes import make_episodes, write_episodes
+    from stages.core.episodes import check_episodes_out, make_episodes, write_episodes
 
+    check_episodes_out(out)  # a folder or a foreign file fails before the scan, not after
     ds = open_dataset(dataset, root, split)
     with progress("scanning classes", quiet) as on_progress:
         doc = make_episodes(
@@ -138,7 +143,7 @@ def episodes(
             min_area=min_area,
             on_progress=on_progress,
         )
-    write_episodes(out, doc)
+    write_episodes(out, doc, overwrite=overwrite)
     novel = ", ".join(ds.class_names[c] for c in doc["novel_classes"])
     console.print(
         f"{len(doc['episodes'])} {protocol} episodes, {shots}-shot, fold {fold} (novel: {novel}) -> {out}",

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from fsseg_cli import options as opt
 from fsseg_cli.console import console, handles_errors, progress, setup_logging
 from fsseg_cli.options import NumWorkers, Out, Overwrite, Quiet, Verbose
 
@@ -54,10 +55,10 @@ def evaluate(
     ] = "semantic",
     gt: Annotated[Path | None, typer.Option("--gt", help="Ground-truth folder (semantic, panoptic).")] = None,
     num_classes: Annotated[
-        int | None, typer.Option("--num-classes", min=1, help="semantic: number of classes (ids 0..N-1).")
+        int | None, opt.count("--num-classes", help="semantic: number of classes (ids 0..N-1).")
     ] = None,
     ignore_index: Annotated[
-        int, typer.Option("--ignore-index", help="semantic: ground-truth id that is not scored.")
+        int, opt.index("--ignore-index", help="semantic: ground-truth id that is not scored.", maximum=65535)
     ] = 255,
     class_names: Annotated[
         str | None,
@@ -74,8 +75,8 @@ def evaluate(
     ] = None,
     resize_gt: Annotated[
         int | None,
-        typer.Option(
-            "--resize-gt", min=1, help="fss: score at NxN (HSNet's default 400) instead of the original size."
+        opt.pixels(
+            "--resize-gt", help="fss: score at NxN (HSNet's default 400) instead of the original size."
         ),
     ] = None,
     panoptic_format: Annotated[
@@ -130,6 +131,7 @@ def evaluate(
     console.print(
         f"{first} {fmt(metrics[first_key])}  {second} {fmt(metrics[second_key])}{extra}  ({count} {unit}) -> "
         f"{path / 'metrics.json'}",
+        markup=False,
         highlight=False,
         soft_wrap=True,
     )

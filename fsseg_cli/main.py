@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from fsseg_cli import clip_cam, data, evaluate, info, refine, report, spino
+from fsseg_cli.console import fail
+
+try:  # recent typer vendors its own click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Bad option values, missing options and unknown commands are user errors like any other:
+    one `error:` line naming the option, exit 2 (click would draw a usage box)."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # `fsseg data` alone: its help
+                raise
+            where = f"; see `{err.ctx.command_path} --help`" if err.ctx is not None else ""
+            raise fail(err.format_message().rstrip(".") + where, err.exit_code) from None
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="fsseg",
     help=(
         "Label-efficient image segmentation as a file-based pipeline.\n\n"

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from fsseg_cli import options as opt
 from fsseg_cli.console import console, handles_errors, progress, setup_logging
 from fsseg_cli.options import Device, NumWorkers, Out, Overwrite, Precision, Quiet, Seed, Verbose
 
@@ -76,13 +77,11 @@ def refine(
         Literal["imr", "none", "mutual"],
         typer.Option("--refiner", help="imr (IMR-HSNet checkpoint), none or mutual (HSNet checkpoint)."),
     ] = "imr",
-    steps: Annotated[
-        int, typer.Option("--steps", min=1, help="Refinement steps (paper: 2 PASCAL, 3 COCO).")
-    ] = 2,
+    steps: Annotated[int, opt.count("--steps", help="Refinement steps (paper: 2 PASCAL, 3 COCO).")] = 2,
     zero_shot: Annotated[
         bool, typer.Option("--zero-shot", help="The query is its own support (paper Table 3).")
     ] = False,
-    img_size: Annotated[int, typer.Option("--img-size", help="Network input side.")] = 400,
+    img_size: Annotated[int, opt.side("--img-size", help="Network input side.")] = 400,
     mask_size: Annotated[
         Literal["original", "input"],
         typer.Option(
@@ -97,7 +96,7 @@ def refine(
     ] = "auto",
     feature_cache: Annotated[
         int,
-        typer.Option("--feature-cache", min=0, help="Images whose backbone features stay cached (0: off)."),
+        opt.count("--feature-cache", minimum=0, help="Images whose backbone features stay cached (0: off)."),
     ] = 64,
     save_probs: Annotated[bool, typer.Option("--save-probs", help="Also write probs/<id>.npy.")] = False,
     device: Device = "auto",
@@ -154,7 +153,7 @@ def pretrain(
     ],
     dataset: Annotated[DatasetName, typer.Option("--dataset", help="Dataset layout.")],
     root: Annotated[Path, typer.Option("--root", help="Dataset folder.")],
-    fold: Annotated[int, typer.Option("--fold", help="Fold whose classes are held out (novel).")] = 0,
+    fold: Annotated[int, opt.index("--fold", help="Fold whose classes are held out (novel).")] = 0,
     split: Annotated[
         str | None, typer.Option("--split", help="Training split (reader's default: train).")
     ] = None,
@@ -166,21 +165,33 @@ def pretrain(
         typer.Option("--backbone", help="Frozen backbone (efficientnet_lite0 has offline ImageNet weights)."),
     ] = "resnet50",
     backbone_weights: Annotated[
-        str, typer.Option("--backbone-weights", help="imagenet (cache), a file, or random.")
+        str,
+        opt.backbone_weights(
+            "--backbone-weights", help="imagenet (cache), a file, or random.", keywords=("imagenet", "random")
+        ),
     ] = "imagenet",
-    img_size: Annotated[int, typer.Option("--img-size", help="Training resolution (square).")] = 400,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 200,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Episodes per step (all ranks together).")
-    ] = 40,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 4e-4,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="imr-hsnet: refinement steps.")] = 2,
-    lambda_t: Annotated[
-        str | None, typer.Option("--lambda-t", help="Per-step loss weights, comma-separated.")
+    img_size: Annotated[
+        int | None, opt.side("--img-size", help="Training resolution (square) (default 400; pspnet 473).")
     ] = None,
-    w_s: Annotated[float, typer.Option("--w-s", help="Weight of the support loss.")] = 1.0,
+    epochs: Annotated[int | None, opt.count("--epochs", help="Default 200; pspnet 100.")] = None,
+    batch_size: Annotated[
+        int | None,
+        opt.count(
+            "--batch-size",
+            help="Episodes (pspnet: images) per step, all ranks together (default 40; pspnet 12).",
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        opt.learning_rate("--lr", help="Adam (pspnet: SGD) learning rate (default 4e-4; pspnet 2.5e-3)."),
+    ] = None,
+    steps: Annotated[int, opt.count("--steps", help="imr-hsnet: refinement steps.")] = 2,
+    lambda_t: Annotated[
+        str | None, opt.numbers("--lambda-t", help="Per-step loss weights, comma-separated.", minimum=0)
+    ] = None,
+    w_s: Annotated[float, opt.weight("--w-s", help="Weight of the support loss.")] = 1.0,
     episodes_per_epoch: Annotated[
-        int | None, typer.Option("--episodes-per-epoch", help="Cap per epoch.")
+        int | None, opt.count("--episodes-per-epoch", help="Cap per epoch.")
     ] = None,
     val_episodes: Annotated[
         Path | None, typer.Option("--val-episodes", help="Fixed validation episodes.")
@@ -189,39 +200,44 @@ def pretrain(
         Path | None, typer.Option("--val-cams", help="clip-cam artifact for the validation images.")
     ] = None,
     min_area: Annotated[
-        int, typer.Option("--min-area", help="Pixels a class needs in an image to be used.")
+        int, opt.count("--min-area", minimum=0, help="Pixels a class needs in an image to be used.")
     ] = 2048,
     n_folds: Annotated[
-        int | None, typer.Option("--n-folds", help="Folds for datasets without published ones.")
+        int | None,
+        opt.count(
+            "--n-folds", minimum=2, help="Folds for datasets without published ones (one is held out)."
+        ),
     ] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny learner widths (tests, smoke runs).")] = False,
     momentum: Annotated[
-        float, typer.Option("--momentum", help="pspnet: SGD momentum.", rich_help_panel="pspnet")
+        float, opt.probability("--momentum", help="pspnet: SGD momentum.", rich_help_panel="pspnet")
     ] = 0.9,
     weight_decay: Annotated[
-        float, typer.Option("--weight-decay", help="pspnet.", rich_help_panel="pspnet")
+        float, opt.weight("--weight-decay", help="pspnet.", rich_help_panel="pspnet")
     ] = 1e-4,
     label_smoothing: Annotated[
-        float, typer.Option("--label-smoothing", help="pspnet: CE label smoothing.", rich_help_panel="pspnet")
+        float,
+        opt.probability("--label-smoothing", help="pspnet: CE label smoothing.", rich_help_panel="pspnet"),
     ] = 0.1,
     contrastive: Annotated[
         float,
-        typer.Option(
+        opt.weight(
             "--contrastive",
             help="pspnet: lambda of the pixel InfoNCE loss (0: the baseline; the report searched 0.01-0.4).",
             rich_help_panel="pspnet",
         ),
     ] = 0.0,
     temperature: Annotated[
-        float, typer.Option("--temperature", help="pspnet: InfoNCE temperature.", rich_help_panel="pspnet")
+        float, opt.positive("--temperature", help="pspnet: InfoNCE temperature.", rich_help_panel="pspnet")
     ] = 0.1,
     base_temperature: Annotated[
-        float, typer.Option("--base-temperature", help="pspnet: loss scale t/base.", rich_help_panel="pspnet")
+        float, opt.positive("--base-temperature", help="pspnet: loss scale t/base.", rich_help_panel="pspnet")
     ] = 0.07,
     max_anchors: Annotated[
         int,
-        typer.Option(
+        opt.count(
             "--max-anchors",
+            minimum=2,
             help="pspnet: anchors per batch (half hard, half easy per class).",
             rich_help_panel="pspnet",
         ),
@@ -236,7 +252,7 @@ def pretrain(
     ] = None,
     val_images: Annotated[
         int | None,
-        typer.Option("--val-images", help="pspnet: cap on validation images.", rich_help_panel="pspnet"),
+        opt.count("--val-images", help="pspnet: cap on validation images.", rich_help_panel="pspnet"),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Require an unfinished run to continue.")] = False,
     device: Device = "auto",
@@ -248,9 +264,10 @@ def pretrain(
     verbose: Verbose = False,
 ) -> None:
     setup_logging(quiet, verbose)
+    opt.no_weights_for_tiny(backbone, backbone_weights)
     from stages.pretrain import run_pretrain
 
-    lambdas = [float(v) for v in lambda_t.split(",")] if lambda_t else None
+    lambdas = opt.parse_numbers(lambda_t, minimum=0) if lambda_t else None
     with progress("training", quiet) as on_progress:
         path = run_pretrain(
             out,
@@ -335,24 +352,22 @@ def finetune_episode(
         Literal["fss", "gfss"], typer.Option("--mode", help="fss: 2-way; gfss: base + novel.")
     ] = "fss",
     root: Annotated[Path | None, typer.Option("--root", help="Dataset folder, if it moved.")] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="SGD steps per episode.")] = 100,
-    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.1,
-    gamma: Annotated[float, typer.Option("--gamma", help="gfss: distillation weight.")] = 10.0,
-    img_size: Annotated[int, typer.Option("--img-size", help="Input side (the report: 473).")] = 473,
+    steps: Annotated[int, opt.count("--steps", help="SGD steps per episode.")] = 100,
+    lr: Annotated[float, opt.learning_rate("--lr", help="SGD learning rate.")] = 0.1,
+    gamma: Annotated[float, opt.weight("--gamma", help="gfss: distillation weight.")] = 10.0,
+    img_size: Annotated[int, opt.side("--img-size", help="Input side (the report: 473).")] = 473,
     label_size: Annotated[
         int | None,
-        typer.Option(
+        opt.pixels(
             "--label-size",
             help="Side where the support loss is computed "
             "(logits upsampled to it); default: the input side. Smaller is "
             "faster on a CPU.",
         ),
     ] = None,
-    batch_episodes: Annotated[
-        int, typer.Option("--batch-episodes", min=1, help="Episodes trained at once.")
-    ] = 50,
+    batch_episodes: Annotated[int, opt.count("--batch-episodes", help="Episodes trained at once.")] = 50,
     feature_cache: Annotated[
-        int, typer.Option("--feature-cache", min=0, help="Images whose features stay cached.")
+        int, opt.count("--feature-cache", minimum=0, help="Images whose features stay cached.")
     ] = 512,
     device: Device = "auto",
     precision: Precision = "fp32",

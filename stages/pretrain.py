@@ -35,6 +35,7 @@ from stages.core.episodes import DEFAULT_MIN_AREA, read_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import load_float_map, read_image
 from stages.core.metrics import FssMeter
+from stages.core.validation import checked_label
 from stages.models.backbones import network_input
 from stages.models.hsnet import HSNet, IMRHSNet, final_mask, initial_mask
 
@@ -56,7 +57,8 @@ class EpisodeData:
         feature size, or for hsnet the ground-truth mask, as the authors feed them (`initial_mask`)."""
         sample = self.ds.sample(image_id)
         image = network_input(read_image(sample.image), self.size, self.backbone, resize="pil")[0]
-        label = torch.from_numpy(self.ds.load_label(sample).astype(np.int64))[None, None].float()
+        label = checked_label(self.ds, sample, self.ds.load_label(sample))
+        label = torch.from_numpy(label.astype(np.int64))[None, None].float()
         label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
         target = torch.where(label == self.ds.ignore_index, 255, (label == cls).long())
         if self.cams_dir is not None:
@@ -185,10 +187,11 @@ def run_pretrain(
         if method == "pspnet"
         else {"img_size": 400, "epochs": 200, "batch_size": 40, "lr": 4e-4}
     )
-    img_size = img_size or defaults["img_size"]
-    epochs = epochs or defaults["epochs"]
-    batch_size = batch_size or defaults["batch_size"]
-    lr = lr or defaults["lr"]
+    # None (not 0: a value to refuse at the CLI) means the method's own default
+    img_size = defaults["img_size"] if img_size is None else img_size
+    epochs = defaults["epochs"] if epochs is None else epochs
+    batch_size = defaults["batch_size"] if batch_size is None else batch_size
+    lr = defaults["lr"] if lr is None else lr
     if method == "pspnet":
         return _pretrain_pspnet_artifact(
             out_dir,
@@ -401,15 +404,17 @@ class SegmentationData:
 
     def __init__(self, dataset, base: Sequence[int], size: int, backbone: str):
         self.ds, self.size, self.backbone = dataset, size, backbone
-        self.lut = np.zeros(256, np.int64)
+        self.lut = np.zeros(max(256, dataset.num_classes, dataset.ignore_index + 1), np.int64)
         for k, c in enumerate(base, 1):
             self.lut[c] = k
         self.lut[dataset.ignore_index] = 255
 
     def __call__(self, image_id: str, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.ds.sample(image_id)
-        image = network_input(read_image(sample.image), self.size, self.backbone)[0]
-        label = torch.from_numpy(self.lut[self.ds.load_label(sample)])[None, None].float()
+        rgb = read_image(sample.image)
+        raw = checked_label(self.ds, sample, self.ds.load_label(sample), rgb.shape)  # as label-gen refuses
+        image = network_input(rgb, self.size, self.backbone)[0]
+        label = torch.from_numpy(self.lut[raw])[None, None].float()
         label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
         if flip:
             image, label = image.flip(-1), label.flip(-1)
@@ -460,9 +465,11 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
     """The PSPNet training loop (inside an open artifact); returns the manifest outputs. `hp`: the
     hyperparameters recorded in the manifest."""
     h = SimpleNamespace(**hp)
+    from stages.core.weights import backbone_weights_fit
     from stages.models.pspnet import PSPNet
 
-    model = PSPNet(**(model_kwargs | {"backbone_weights": h.backbone_weights})).to(dev)
+    with backbone_weights_fit(h.backbone_weights, h.backbone):
+        model = PSPNet(**(model_kwargs | {"backbone_weights": h.backbone_weights})).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
     last = art.path / "checkpoints" / "last.pt"
     start_epoch, best, history = training.resume(last, model, optimizer, dev)
@@ -495,7 +502,7 @@ def run_pretrain_pspnet(art, hp: dict, *, ds, base, dist, dev, model_kwargs, on_
         for b, batch in enumerate(_batches(mine, per_rank)):
             it = epoch * iters_per_epoch + b
             for group in optimizer.param_groups:  # cosine decay per iteration
-                group["lr"] = h.lr * 0.5 * (1 + np.cos(np.pi * it / total_iters))
+                group["lr"] = training.cosine_lr(h.lr, it, total_iters)
             pairs = [data(i, bool(f)) for i, f in batch]
             images = torch.stack([p[0] for p in pairs]).to(dev)
             labels = torch.stack([p[1] for p in pairs]).to(dev)

@@ -440,10 +440,11 @@ def _cam_lookup(cams_dir, artifact, compute: Callable[[np.ndarray, str], np.ndar
     return get
 
 
-def _unknown_label(label: str) -> FssegError:
+def _unknown_label(*labels: str) -> FssegError:
     return FssegError(
-        f"the offline imagenet CAM backend knows no {label!r}, so its supports have no initial mask; "
-        f"pass --cams from `fsseg clip-cam --backend clip`, or support masks (--supervision mask)"
+        f"the offline imagenet CAM backend knows no {', '.join(map(repr, labels))}, so their supports have "
+        f"no initial mask; pass --cams from `fsseg clip-cam --backend clip`, or support masks "
+        f"(--supervision mask)"
     )
 
 
@@ -465,9 +466,9 @@ def _computer(
             return False
 
     usable = [label for label in labels if known(label)]
-    for label in required:
-        if label not in usable:
-            raise _unknown_label(label)
+    missing = [label for label in required if label not in usable]
+    if missing:
+        raise _unknown_label(*missing)
     if not usable:
         return lambda image, label: None
     engine = cams.LabelCams.build(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import __version__
+from stages.core.artifacts import is_temp_file
 from stages.core.errors import FssegError
 
 GALLERY = {  # kind -> (folder of pictures, caption)
@@ -211,7 +212,7 @@ def _section(index: int, folder: Path, manifest: dict, run_dir: Path, by_path: d
                 charts.append(f'<figure class="chart"><img src="{src}" alt="{_esc(chart)}"></figure>')
     out.extend(charts)
     if kind in GALLERY and (folder / GALLERY[kind][0]).is_dir():
-        pictures = sorted((folder / GALLERY[kind][0]).glob("*.jpg"))
+        pictures = sorted(p for p in (folder / GALLERY[kind][0]).glob("*.jpg") if not is_temp_file(p))
         figures = []
         for n, pic in enumerate(pictures[:gallery_size]):
             src = _picture(pic, img_dir, f"a{index}_{n}.jpg", 900 if kind != "cams" else 340)
@@ -238,9 +239,19 @@ def run_report(
             f"no fsseg artifacts (folders with manifest.json) under {run_dir}; run a stage into it first"
         )
     final = run_dir / "report"
+    if final.exists() and not (final / "index.html").is_file():
+        raise FssegError(
+            f"{final} exists but is not an fsseg report; move it away, then run fsseg report again"
+        )
     staging = run_dir / f".report-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "img").mkdir(parents=True)
+    try:
+        (staging / "img").mkdir(parents=True)
+    except OSError as err:
+        raise FssegError(
+            f"cannot write the report into {run_dir} ({err.strerror or type(err).__name__}); make the folder "
+            f"writable, or copy the run folder somewhere writable and report on the copy"
+        ) from None
     try:
         by_path = {str(folder): i for i, (folder, _) in enumerate(artifacts)}
         sections = []

@@ -32,6 +32,8 @@ from stages.core.errors import FssegError
 from stages.core.imageio import read_label
 from stages.core.metrics import ConfusionMatrix, PanopticQuality
 from stages.core.panoptic import PanopticWriter, cityscapes_form, from_instance_ids, instances_of
+from stages.core.validation import checked_label
+from stages.core.weights import backbone_weights_fit
 from stages.models.spino import (
     PanopticDeepLab,
     bootstrapped_ce,
@@ -103,7 +105,8 @@ class PanopticData:
 
     def ground_truth(self, sample_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sample = self.ds.sample(sample_id)
-        return self.ds.load_image(sample), *self.ds.load_panoptic(sample)
+        image, (label, instances) = self.ds.load_image(sample), self.ds.load_panoptic(sample)
+        return image, checked_label(self.ds, sample, label, image.shape), instances
 
     def tensors(self, image, semantic, instances, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
         """Resized (and, with `rng`, flipped and colour-jittered) network input and targets."""
@@ -166,6 +169,7 @@ def validate(model, ds, hw, ids, dist, device, precision) -> dict[str, float]:
         sample = ds.sample(sample_id)
         image = ds.load_image(sample)
         label, gt_instances = ds.load_panoptic(sample)
+        checked_label(ds, sample, label, image.shape)
         x = model.backbone.normalise(to_unit(image, hw))
         classes, instances = predict(model, x, ds.things, label.shape, device, precision)
         cm.update(classes, label, ds.ignore_index)
@@ -245,7 +249,8 @@ def run_train_panoptic(
         if art.up_to_date:
             return art.path
         devices.seed_everything(seed)
-        model = PanopticDeepLab(**model_kwargs, backbone_weights=backbone_weights).to(dev)
+        with backbone_weights_fit(backbone_weights, backbone):
+            model = PanopticDeepLab(**model_kwargs, backbone_weights=backbone_weights).to(dev)
         hw = input_size(first.shape[:2], size, model.backbone.multiple)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=lr)

@@ -90,3 +90,12 @@ def make_street_tree(root: Path, n: int = 8, size: tuple[int, int] = (84, 112)) 
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"s{i:02d}.png")
         Image.fromarray(label).save(root / "masks" / f"s{i:02d}.png")
     return root
+
+
+def files_outside(root: Path, *inside: Path) -> set[Path]:
+    """Every path under `root` and beside it (in its parent), except those under `inside` (the
+    --out folder, caches). Compare it before and after a run: a run that wrote outside --out
+    changes it."""
+    keep = [p.resolve() for p in inside]
+    found = set(root.parent.iterdir()) | set(root.rglob("*"))
+    return {p for p in found if not any(p.resolve().is_relative_to(k) for k in keep)}

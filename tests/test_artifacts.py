@@ -177,3 +177,24 @@ def test_read_manifest_checks_kind_and_names_producer(tmp_path):
         read_manifest(tmp_path)
     with pytest.raises(FssegError, match="does not exist"):
         read_manifest(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    "relpath", ["../x.txt", "items/../../x.txt", "items/../x.txt", "{tmp}/x.txt", "link/x.txt"]
+)
+def test_item_paths_never_leave_the_artifact(tmp_path, relpath):
+    from tests.conftest import files_outside
+
+    out = tmp_path / "work" / "run"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    with open_artifact(out, kind="metrics", stage="test", params={}, seed=0) as art:
+        (out / "link").symlink_to(outside)  # a symlink inside that points out is outside too
+        before = files_outside(tmp_path, out)
+        relpath = relpath.replace("{tmp}", str(tmp_path))
+        with pytest.raises(FssegError, match="would be written outside the artifact") as err:
+            art.file(relpath)
+        assert repr(relpath) in str(err.value) and "plain file name" in str(err.value)
+        assert "\n" not in str(err.value) and files_outside(tmp_path, out) == before
+        assert art.file("items/sub/x.txt") == out.resolve() / "items" / "sub" / "x.txt"
+        assert (out / "items" / "sub").is_dir()

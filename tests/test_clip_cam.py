@@ -302,7 +302,7 @@ def test_resume_redoes_only_missing_items(photos, tmp_path):
             "not an open_clip model",
         ),
         (["--label", "cat", "--template", "a photo"], "needs a {}"),
-        (["--label", "cat", "--threshold", "2"], "--threshold must lie in"),
+        (["--label", "cat", "--threshold", "2"], "Invalid value for '--threshold'"),
         (["--label", "cat", "--classes", "nope.txt"], "is not voc, coco, camvid or a file"),
         ([], "--label is required"),
     ],

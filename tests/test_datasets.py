@@ -247,3 +247,109 @@ def test_data_check_cli(tmp_path):
     assert proc.returncode != 0
     assert "1 missing files" in proc.stdout and "1 unreadable files" in proc.stdout
     assert "size mismatches" in proc.stdout and "error: 3 problem(s)" in proc.stderr
+
+
+# ids that would leave --out: `..`, absolute paths, separators ({tmp} = the test's tmp_path)
+BAD_IDS = ["../../escape", "../../escape__1", "{tmp}/escape", "sub/escape", "..\\escape", "im00/../../escape"]
+
+
+def _bad_list(tmp_path, bad):
+    """A VOC tree in tmp/work/voc, a list file naming im00, im01 and `bad`, and the escape target
+    files an id `../../escape` would reach (so a reader that trusted it would find an image)."""
+    from tests.conftest import make_voc_tree
+
+    voc = make_voc_tree(tmp_path / "work" / "voc")
+    bad = bad.replace("{tmp}", str(tmp_path))
+    _img(tmp_path / "work" / "escape.jpg", 64, 64)
+    _lbl(tmp_path / "work" / "escape.png", np.ones((64, 64)))
+    lst = tmp_path / "work" / "list.txt"
+    lst.write_text(f"im00\nim01\n{bad}\n")
+    return voc, lst, bad
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_list_file_ids_must_be_plain_names(tmp_path, bad):
+    voc, lst, bad = _bad_list(tmp_path, bad)
+    with pytest.raises(FssegError, match="must be a plain file name") as err:
+        open_dataset("pascal", voc, str(lst)).samples()
+    assert str(lst) in str(err.value) and repr(bad.split()[0]) in str(err.value)
+    fss = tmp_path / "fss"
+    _img(fss / "zebra" / "1.jpg", 10, 10)
+    (tmp_path / "classes.txt").write_text(f"zebra\n{bad}\n")
+    with pytest.raises(FssegError, match="must be a plain file name"):
+        open_dataset("fss1000", fss, str(tmp_path / "classes.txt"))
+
+
+@pytest.mark.parametrize("bad", ["../../escape", "{tmp}/escape", "sub/escape"])
+def test_data_check_and_episodes_reject_a_list_with_a_bad_id(tmp_path, bad):
+    from tests.conftest import error_line, files_outside
+
+    voc, lst, bad = _bad_list(tmp_path, bad)
+    out = tmp_path / "work" / "out"
+    before = files_outside(tmp_path, out, tmp_path / "cache")
+    proc = run_fsseg("data", "check", "pascal", "--root", voc, "--split", lst)
+    line = error_line(proc)
+    assert proc.returncode == 2 and str(lst) in line and repr(bad) in line and "plain file name" in line
+    for out_path in (out / "episodes.json", tmp_path / "work" / "episodes.json"):
+        proc = run_fsseg(
+            "data", "episodes", "pascal", "--root", voc, "--split", lst, "--min-area", 100, "--out", out_path
+        )
+        assert proc.returncode == 2 and str(lst) in error_line(proc) and not out_path.exists()
+    assert files_outside(tmp_path, out, tmp_path / "cache") == before
+
+
+def test_clip_cam_pascal_list_cannot_write_outside_out(tmp_path):
+    """The issue's repro: an id `../../escape` made clip-cam write escape__1.npy/.png/.jpg beside --out."""
+    from tests.conftest import error_line, files_outside
+
+    voc, lst, bad = _bad_list(tmp_path, "../../escape")
+    out = tmp_path / "work" / "out"
+    before = files_outside(tmp_path, out, tmp_path / "cache")
+    proc = run_fsseg(
+        "clip-cam", "--dataset", "pascal", "--root", voc, "--split", lst, "--backend", "imagenet",
+        "--device", "cpu", "--out", out, env={"FSSEG_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert proc.returncode == 2 and str(lst) in error_line(proc)
+    assert files_outside(tmp_path, out, tmp_path / "cache") == before
+    assert not list(tmp_path.rglob("escape__*"))
+
+
+def _coco_json_tree(root, file_name):
+    _img(root / "val2014" / "a.jpg", 20, 30)
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "height": 20, "width": 30},
+            {"id": 2, "file_name": file_name, "height": 20, "width": 30},
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "person", "supercategory": "x"}],
+    }
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(doc))
+    return root / "annotations" / "instances_val2014.json"
+
+
+@pytest.mark.parametrize("file_name", ["../../escape.jpg", "{tmp}/escape.jpg", "sub/escape.jpg"])
+def test_coco_json_file_names_must_be_plain(tmp_path, file_name):
+    from tests.conftest import error_line
+
+    file_name = file_name.replace("{tmp}", str(tmp_path))
+    annotations = _coco_json_tree(tmp_path / "coco", file_name)
+    with pytest.raises(FssegError, match="image file_name") as err:
+        open_dataset("coco", tmp_path / "coco", "val2014")
+    assert str(annotations) in str(err.value) and repr(file_name) in str(err.value)
+    if file_name.startswith(".."):  # the CLI: one line, exit 2
+        proc = run_fsseg(
+            "data", "check", "coco", "--root", tmp_path / "coco", env={"FSSEG_CACHE": str(tmp_path / "cache")}
+        )
+        line = error_line(proc)
+        assert proc.returncode == 2 and str(annotations) in line and repr(file_name) in line
+
+
+def test_fss1000_ids_keep_their_class_folder():
+    from stages.core.datasets.base import check_id
+
+    assert check_id("zebra/2", "x", parts=2) == "zebra/2"
+    for bad in ("zebra/../2", "a/b/c", "/zebra/2", "zebra//2", "", "..", "zebra\\2"):
+        with pytest.raises(FssegError, match="^x: id "):
+            check_id(bad, "x", parts=2)

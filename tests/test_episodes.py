@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,137 @@ def test_cli_episodes_camvid_same_bytes(tmp_path):
         "data", "episodes", "camvid", "--root", root, "--fold", 7, "--out", tmp_path / "c.json", env=env
     )
     assert "--fold 7 is out of range" in error_line(bad) and not (tmp_path / "c.json").exists()
+
+
+# ----------------------------------------------------------------------------- ids in episodes files
+def _doc(voc, **kw):
+    return make_episodes(open_dataset("pascal", voc, "all"), fold=0, shots=1, n=4, min_area=1000, **kw)
+
+
+@pytest.mark.parametrize("bad", ["../../escape", "/tmp/escape", "sub/escape", "..\\escape", ""])
+@pytest.mark.parametrize("where", ["query", "support", "base_query", "supports"])
+def test_episodes_file_ids_must_be_plain_names(voc, tmp_path, bad, where):
+    doc = _doc(voc, protocol="gfss-binary")
+    ep = doc["episodes"][2]
+    if where == "supports":  # the gfss protocol: class -> support ids
+        ep.pop("support")
+        ep["supports"] = {"1": ["im02", bad]}
+    elif where == "support":
+        ep["support"] = [bad]
+    else:
+        ep[where] = bad
+    path = write_episodes(tmp_path / "bad.json", doc)
+    with pytest.raises(FssegError, match="must be a plain file name") as err:
+        read_episodes(path)
+    message = str(err.value)
+    assert f"{path} (episode 2)" in message and repr(bad) in message and "fsseg data episodes" in message
+
+
+def test_fss1000_episode_ids_keep_their_class_folder(tmp_path):
+    doc = {
+        "format": "fsseg-episodes/1",
+        "dataset": "fss1000",
+        "episodes": [{"query": "zebra/1", "support": ["zebra/2"]}],
+    }
+    (tmp_path / "e.json").write_text(json.dumps(doc))
+    assert read_episodes(tmp_path / "e.json")["episodes"][0]["query"] == "zebra/1"
+    doc["episodes"][0]["support"] = ["zebra/../../x"]
+    (tmp_path / "e.json").write_text(json.dumps(doc))
+    with pytest.raises(FssegError, match="'..' or '.' component"):
+        read_episodes(tmp_path / "e.json")
+    (tmp_path / "e.json").write_text(json.dumps({"format": "fsseg-episodes/1", "episodes": {"a": 1}}))
+    with pytest.raises(FssegError, match="has no list of episodes"):
+        read_episodes(tmp_path / "e.json")
+
+
+def test_evaluate_refuses_an_episodes_file_with_a_bad_id(voc, tmp_path):
+    from tests.conftest import files_outside
+
+    doc = _doc(voc)
+    doc["episodes"][0]["query"] = "../../../escape"
+    episodes = write_episodes(tmp_path / "work" / "bad.json", doc)
+    (tmp_path / "work" / "pred").mkdir()
+    out = tmp_path / "work" / "eval"
+    before = files_outside(tmp_path, out, tmp_path / "cache")
+    proc = run_fsseg("evaluate", "--task", "fss", "--pred", tmp_path / "work" / "pred", "--episodes", episodes,
+                     "--out", out, env={"FSSEG_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    line = error_line(proc)
+    assert proc.returncode == 2 and str(episodes) in line and "'../../../escape'" in line
+    assert files_outside(tmp_path, out, tmp_path / "cache") == before
+
+
+# ----------------------------------------------------------------------------- `data episodes --out`
+def _episodes_cli(voc, out, *extra):
+    return run_fsseg("data", "episodes", "pascal", "--root", voc, "--split", "all", "--n", 4,
+                     "--min-area", 1000, "--out", out, *extra)  # fmt: skip
+
+
+def test_episodes_out_follows_the_artifact_rules(voc, tmp_path):
+    out = tmp_path / "ep.json"
+    assert _episodes_cli(voc, out).returncode == 0
+    first, stat = out.read_bytes(), out.stat()
+    same = _episodes_cli(voc, out)  # same episodes: up to date, the file is not touched
+    assert same.returncode == 0 and "up to date" in same.stderr
+    assert out.read_bytes() == first and out.stat().st_mtime_ns == stat.st_mtime_ns
+    assert out.stat().st_ino == stat.st_ino
+    other = _episodes_cli(voc, out, "--seed", 1)  # other episodes: refused, then replaced with --overwrite
+    line = error_line(other)
+    assert other.returncode == 2 and "already holds other episodes" in line and "seed" in line
+    assert "--overwrite" in line and out.read_bytes() == first
+    assert _episodes_cli(voc, out, "--seed", 1, "--overwrite").returncode == 0
+    assert json.loads(out.read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOC2012", "cache", "ep.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n not episodes", b'{"a": 1}', b"", b"[1, 2]"])
+def test_episodes_out_never_replaces_a_foreign_file(voc, tmp_path, content):
+    out = tmp_path / "mask.png"
+    out.write_bytes(content)
+    for extra in ((), ("--overwrite",)):
+        proc = _episodes_cli(voc, out, *extra)
+        line = error_line(proc)
+        assert proc.returncode == 2 and str(out) in line and "not an fsseg episodes file" in line
+        assert "choose another path" in line and out.read_bytes() == content
+
+
+def test_episodes_out_folder_or_under_a_file(voc, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("x")
+    proc = _episodes_cli(voc, folder)
+    assert proc.returncode == 2 and "is a folder" in error_line(proc)
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for out in (blocker / "ep.json", blocker / "deeper" / "ep.json"):
+        proc = _episodes_cli(voc, out)
+        line = error_line(proc)
+        assert proc.returncode == 2 and f"lies under {blocker}, which is a file" in line
+    assert blocker.read_text() == "x"
+
+
+def test_episodes_out_unwritable(voc, tmp_path, monkeypatch):
+    import os
+
+    if os.geteuid() != 0:  # a read-only folder stops everyone but root
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        out = locked / "ep.json"
+    elif os.path.isdir("/proc/self"):  # root writes anywhere but where the kernel forbids it
+        out = Path("/proc/fsseg-no-such-folder/ep.json")
+    else:
+        pytest.skip("running as root without /proc: no unwritable folder to test with")
+    proc = _episodes_cli(voc, out)
+    line = error_line(proc)
+    assert proc.returncode == 2 and f"cannot write --out {out}" in line and "choose a writable --out" in line
+    assert not out.exists()
+    # in-process too: any OSError while writing becomes one line, the old file stays
+    import stages.core.episodes as episodes
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(episodes, "atomic_write_text", refuse)
+    with pytest.raises(FssegError, match="cannot write --out .*Permission denied; choose a writable --out"):
+        write_episodes(tmp_path / "x.json", _doc(voc))

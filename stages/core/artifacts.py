@@ -11,8 +11,12 @@ Rerun rules, decided by `open_artifact`:
   parameters: resumed, the stage redoes only the items that are missing;
 - unfinished with other parameters: refused unless `overwrite`;
 - any other non-empty folder: refused (fsseg never replaces a folder it did not write).
-With `overwrite`, the old folder is moved aside and only deleted once the new run finishes;
-if the new run fails, the old one is put back.
+With `overwrite`, the old folder is moved aside (as `.NAME.replaced-PID`) and only deleted once
+the new run finishes; if the new run fails or is interrupted, the old one is put back. A run
+killed outright (kill -9, power loss) is settled by the next run into the same folder: it puts
+the old folder back if the new run had not finished, else deletes the set-aside copy, and says
+which. That next run also deletes the temporary files killed runs left (`.NAME.tmp-PID.EXT`);
+readers never take one for an item (`is_temp_file`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 RUN_STATE_NAME = ".fsseg-run.json"
+# `atomic_path`'s temporary name, `.STEM.tmp-PID.SUFFIX`; the PID tells whether its writer lives
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(\.[^.]*)?$")
 
 # kind -> the command that produces it; a stage adds its kind here when it lands.
 PRODUCERS: dict[str, str] = {
@@ -86,6 +93,95 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# ----------------------------------------------------------------------------- leftovers of killed runs
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a temporary file of `atomic_path` (never a finished item; skip it when listing)."""
+    return _TEMP_NAME.match(Path(path).name) is not None
+
+
+def _running_elsewhere(pid: int) -> bool:
+    """Whether another live process has this id (this process's own id counts as not running:
+    whatever it left before opening an artifact is a leftover of an earlier process)."""
+    if pid == os.getpid() or os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return False
+    try:  # a killed child its parent has not waited for yet is a zombie: not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temporary files under `folder` whose writing process is gone (killed mid-write).
+
+    Returns how many were deleted. Files of a process still running are kept.
+    """
+    removed = 0
+    for path in Path(folder).rglob(".*.tmp-*"):
+        match = _TEMP_NAME.match(path.name)
+        if match and path.is_file() and not _running_elsewhere(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _replaced_copies(out: Path) -> list[Path]:
+    """The copies of `out` that `--overwrite` runs set aside (`.NAME.replaced-PID`)."""
+    prefix = f".{out.name}.replaced-"
+    if not out.parent.is_dir():
+        return []
+    return sorted(
+        p for p in out.parent.iterdir() if p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
+    )
+
+
+def recover_replaced(out: str | os.PathLike) -> None:
+    """Settle an `--overwrite` run into `out` that was killed before it could clean up.
+
+    If the new run finished (its manifest exists), the set-aside old copy is deleted; otherwise
+    the unfinished new run is discarded and the old copy put back. Each is logged in one line.
+    Raises if the run that set the copy aside is still running.
+    """
+    out = Path(out)
+    copies = _replaced_copies(out)
+    if len(copies) > 1:
+        raise FssegError(
+            f"{out} has {len(copies)} copies set aside by interrupted --overwrite runs "
+            f"({', '.join(p.name for p in copies)}); keep the one you want as {out} and delete the others"
+        )
+    for copy in copies:
+        pid = int(copy.name.rsplit("-", 1)[1])
+        if _running_elsewhere(pid):
+            raise FssegError(
+                f"{out} is being replaced by another fsseg run (process {pid}) that is still running; "
+                f"wait for it to end, or stop it and run again"
+            )
+        if (out / MANIFEST_NAME).is_file():
+            shutil.rmtree(copy, ignore_errors=True)
+            log.info(
+                "an --overwrite run into %s had finished when it was stopped; deleted the previous "
+                "contents it had set aside (%s)",
+                out,
+                copy.name,
+            )
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(copy, out)
+            log.warning(
+                "an --overwrite run into %s was stopped before it finished; put the previous contents "
+                "back (the unfinished new run was discarded)",
+                out,
+            )
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -125,6 +221,12 @@ def read_manifest(path: str | os.PathLike, kind: str | None = None) -> dict[str,
     path = Path(path)
     folder = path.parent if path.name == MANIFEST_NAME else path
     manifest = folder / MANIFEST_NAME
+    if not manifest.is_file() and (copies := _replaced_copies(folder.absolute())):
+        raise FssegError(
+            f"{folder} is not a finished fsseg artifact: an --overwrite run into it was stopped, and its "
+            f"previous contents wait in {copies[0].name}; rerun the stage that wrote it (same --out): it puts "
+            f"them back first"
+        )
     if not folder.exists():
         raise FssegError(f"{folder} does not exist; pass the output folder of an earlier fsseg stage")
     if not manifest.is_file():
@@ -192,8 +294,20 @@ class Artifact:
         return self.state == "up-to-date"
 
     def file(self, relpath: str | os.PathLike) -> Path:
-        """Absolute path of an item inside the artifact (its folder is created)."""
-        target = self.path / relpath
+        """Absolute path of an item inside the artifact (its folder is created).
+
+        An item path that is absolute, has a '..' component or resolves outside the folder (an
+        image id like `../../x` from a list, episodes or annotation file) is refused, so nothing
+        is ever written outside `--out`.
+        """
+        rel = Path(relpath)
+        target = self.path / rel
+        if rel.is_absolute() or ".." in rel.parts or not target.resolve().is_relative_to(self.path.resolve()):
+            raise FssegError(
+                f"item {str(relpath)!r} would be written outside the artifact {self.path}: an image id in "
+                f"the input holds '..', an absolute path or a path separator; make every id in the list, "
+                f"episodes or annotation file a plain file name"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
@@ -235,9 +349,9 @@ class Artifact:
             if extra:
                 manifest.update(extra)
             atomic_write_json(self.path / MANIFEST_NAME, manifest)
-            if self.backup is not None:
-                shutil.rmtree(self.backup, ignore_errors=True)
-                self.backup = None
+            backup, self.backup = self.backup, None  # finished: the old copy is never put back now
+            if backup is not None:
+                shutil.rmtree(backup, ignore_errors=True)
         distributed.barrier(self.dist)
         self.state = "up-to-date"
         return self.path
@@ -249,16 +363,33 @@ class Artifact:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None or not self.dist.is_main or self.state == "up-to-date":
             return
-        if self.backup is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            os.replace(self.backup, self.path)
+        # what became of the folder, for the interrupted-run message (`fsseg_outcome` on the exception)
+        outcome = None
+        if self.backup is not None and (self.path / MANIFEST_NAME).is_file():
+            # stopped right after the manifest: the new run is finished; drop the old copy
+            shutil.rmtree(self.backup, ignore_errors=True)
             self.backup = None
-            log.warning("run failed; the previous contents of %s were restored", self.path)
+            outcome = f"the run had finished: {self.path} is complete"
+        elif self.backup is not None:
+            try:
+                shutil.rmtree(self.path, ignore_errors=True)
+                os.replace(self.backup, self.path)
+            except OSError as err:  # the copy stays aside; the next run into the folder puts it back
+                log.warning("could not put the previous contents of %s back yet (%s)", self.path, err)
+                outcome = f"the previous contents of {self.path} are put back by the next run into it"
+            else:
+                self.backup = None
+                outcome = f"the previous contents of {self.path} were put back (the new run was discarded)"
+                if not issubclass(exc_type, KeyboardInterrupt):  # an interrupt's message says so
+                    log.warning("run failed; the previous contents of %s were restored", self.path)
         elif self.state == "new" and [p.name for p in self.path.iterdir()] == [RUN_STATE_NAME]:
             # failed before writing anything: leave no trace
             (self.path / RUN_STATE_NAME).unlink(missing_ok=True)
             if self.created:
                 self.path.rmdir()
+            outcome = f"nothing was written to {self.path}"
+        if outcome is not None and exc is not None:
+            exc.fsseg_outcome = outcome
 
 
 def _decide(out: Path, signature: dict[str, Any], overwrite: bool) -> tuple[str, bool]:
@@ -325,7 +456,10 @@ def open_artifact(
     decision: tuple[str, str | None, bool] | str
     if dist.is_main:
         try:
+            recover_replaced(out)  # an --overwrite run killed before it could clean up
             state, move_aside = _decide(out, signature, overwrite)
+            if state != "new" and (removed := remove_stale_temp_files(out)):
+                log.info("deleted %d temporary file(s) a stopped run left in %s", removed, out)
             backup = None
             created = move_aside or not out.exists()
             if move_aside:

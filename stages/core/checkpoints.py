@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import re
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+SAFE_LEAVES = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def plain(value: Any, where: str = "checkpoint") -> Any:
+    """`value` with NumPy scalars as Python numbers and NumPy arrays as tensors, so that it loads
+    with `torch.load(weights_only=True)`; anything else beyond tensors and plain containers is a
+    bug and raises TypeError naming where it sits."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, SAFE_LEAVES):
+        return value
+    if isinstance(value, dict):
+        items = {k: plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+        if all(items[k] is v for k, v in value.items()):
+            return value  # unchanged: a state dict keeps its type and `_metadata`
+        return type(value)(items)
+    if isinstance(value, list | tuple | set):
+        items = [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else type(value)(items)
+    raise TypeError(f"{where} is a {type(value).__name__}, which torch.load(weights_only=True) refuses")
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model  # DDP
 
@@ -84,6 +109,7 @@ def save_checkpoint(
         payload["rng"] = rng_state()
     if extra:
         payload.update(extra)
+    payload = plain(payload)  # e.g. a learning rate computed with NumPy sits in the optimizer state
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -122,8 +148,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} holds a Python object ({unsafe.group(1)}) beyond tensors and plain containers, so fsseg "
             f"will not unpickle it; re-save it as a plain state dict"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else err.__class__.__name__
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        struct.error,
+    ) as err:
+        # bytes that are not a torch file fail anywhere in the unpickler (a text file: KeyError)
+        text = str(err).strip() if isinstance(err, RuntimeError | OSError | ValueError) else ""
+        reason = text.splitlines()[0][:120] if text else "not torch data"
         raise FssegError(
             f"cannot read checkpoint {path}: {reason}; the file is corrupt or not a torch checkpoint"
         ) from None

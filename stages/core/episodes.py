@@ -15,6 +15,7 @@ Same arguments and seed -> the same file, byte for byte.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ import numpy as np
 
 from stages.core.artifacts import atomic_write_text
 from stages.core.datasets import Dataset
+from stages.core.datasets.base import check_id
 from stages.core.errors import FssegError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fsseg-episodes/1"
 PROTOCOLS = ("fss", "gfss-binary", "gfss")
@@ -122,9 +126,62 @@ def make_episodes(
     }
 
 
-def write_episodes(path: str | Path, document: dict[str, Any]) -> Path:
-    atomic_write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n")
-    return Path(path)
+def check_episodes_out(path: str | Path) -> dict[str, Any] | None:
+    """The episodes already at `path` (None when nothing is there), or a FssegError when `path`
+    can never take an episodes file: a folder, a path under a regular file, or a file that is
+    not an fsseg episodes file (fsseg never replaces a file it did not write). Cheap: the CLI
+    calls it before scanning the dataset."""
+    path = Path(path)
+    foreign = FssegError(
+        f"--out {path} exists and is not an fsseg episodes file; fsseg never replaces a file it "
+        f"did not write: choose another path"
+    )
+    try:
+        above = next((p for p in path.parents if p.exists() or p.is_symlink()), None)
+        if above is not None and not above.is_dir():
+            raise FssegError(f"--out {path} lies under {above}, which is a file; choose another path")
+        if path.is_dir():
+            raise FssegError(f"--out {path} is a folder; pass a file path such as {path / 'episodes.json'}")
+        if not path.exists():
+            return None
+        if not path.is_file():
+            raise foreign
+        document = json.loads(path.read_bytes())
+    except OSError as err:  # e.g. a folder on the way that this user may not enter
+        raise FssegError(
+            f"cannot read --out {path}: {err.strerror or err.__class__.__name__}; choose another path"
+        ) from None
+    except ValueError:  # not JSON, not UTF-8
+        raise foreign from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise foreign
+    return document
+
+
+def write_episodes(path: str | Path, document: dict[str, Any], *, overwrite: bool = False) -> Path:
+    """Write `document` to `path` atomically, under the rules of every fsseg artifact: the same
+    episodes already there: up to date, nothing written; other episodes: refused unless
+    `overwrite`; a folder, a file fsseg did not write, or an unwritable path: refused."""
+    path = Path(path)
+    old = check_episodes_out(path)
+    text = json.dumps(document, indent=1, sort_keys=True) + "\n"
+    if old is not None:
+        new = json.loads(text)
+        if old == new:
+            log.info("%s is up to date (same episodes); nothing to do", path)
+            return path
+        if not overwrite:
+            diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            raise FssegError(
+                f"--out {path} already holds other episodes (its {', '.join(diff)} differ); pass "
+                f"--overwrite to replace it, or choose another --out"
+            )
+    try:
+        atomic_write_text(path, text)
+    except OSError as err:
+        reason = err.strerror or err.__class__.__name__
+        raise FssegError(f"cannot write --out {path}: {reason}; choose a writable --out") from None
+    return path
 
 
 def read_episodes(path: str | Path) -> dict[str, Any]:
@@ -137,6 +194,30 @@ def read_episodes(path: str | Path) -> dict[str, Any]:
         raise FssegError(
             f"{path} is not valid JSON ({err.msg} at line {err.lineno}); regenerate it"
         ) from None
+    except UnicodeDecodeError:
+        document = None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise FssegError(f"{path} is not an fsseg episodes file; make one with `fsseg data episodes`")
+    _check_episode_ids(path, document)
     return document
+
+
+def _check_episode_ids(path: Path, document: dict[str, Any]) -> None:
+    """Every image id of every episode is a plain name (FSS-1000: `class/N`): ids name output
+    files, so one like `../../x` would write outside `--out`."""
+    episodes = document.get("episodes")
+    if not isinstance(episodes, list) or not all(isinstance(ep, dict) for ep in episodes):
+        raise FssegError(f"{path} has no list of episodes; regenerate it with `fsseg data episodes`")
+    parts = 2 if document.get("dataset") == "fss1000" else 1
+    fix = "image ids must be plain names as the dataset lists them; regenerate it with `fsseg data episodes`"
+    for i, ep in enumerate(episodes):
+        supports = ep.get("supports", {})  # gfss: class -> support ids
+        groups = [
+            [ep.get("query")],
+            ep.get("support", []),
+            [] if ep.get("base_query") is None else [ep["base_query"]],
+            *(supports.values() if isinstance(supports, dict) else [supports]),
+        ]
+        for group in groups:
+            for image_id in group if isinstance(group, list) else [group]:
+                check_id(image_id, f"{path} (episode {i})", parts=parts, fix=fix)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stages.core.artifacts import atomic_path
+from stages.core.artifacts import atomic_path, is_temp_file
 from stages.core.errors import FssegError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -178,17 +178,22 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
 
 
 def list_images(source: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files named by a folder (not recursive), a single file, or a glob pattern; sorted."""
+    """Image files named by a folder (not recursive), a single file, or a glob pattern; sorted.
+    Temporary files of an interrupted fsseg write (`.NAME.tmp-PID.png`) are never listed."""
     extensions = tuple(e.lower() for e in extensions)
     source_str = str(source)
     path = Path(source_str)
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions]
+        files = [
+            p
+            for p in path.iterdir()
+            if p.is_file() and p.suffix.lower() in extensions and not is_temp_file(p)
+        ]
     elif path.is_file():
         files = [path]
     elif any(ch in source_str for ch in "*?["):
         files = [Path(p) for p in glob.glob(source_str) if Path(p).is_file()]
-        files = [p for p in files if p.suffix.lower() in extensions]
+        files = [p for p in files if p.suffix.lower() in extensions and not is_temp_file(p)]
     else:
         raise FssegError(f"{source_str} does not exist; pass an image folder, an image file or a glob")
     if not files:

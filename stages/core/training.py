@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -18,6 +19,12 @@ from stages.core.artifacts import atomic_write_text
 from stages.core.checkpoints import load_checkpoint, save_checkpoint, set_rng_state
 
 log = logging.getLogger(__name__)
+
+
+def cosine_lr(base_lr: float, it: int, total: int) -> float:
+    """Cosine decay from `base_lr` at iteration 0 towards 0 at `total` (a Python float: it goes
+    into the optimizer state, and from there into checkpoints)."""
+    return float(base_lr * 0.5 * (1 + math.cos(math.pi * it / total)))
 
 
 def resume(last: Path, model, optimizer, device) -> tuple[int, float, list[dict]]:

@@ -8,9 +8,13 @@ Nothing here downloads.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from stages.core.errors import FssegError
 
 
 def hf_hub_cache() -> Path:
@@ -36,6 +40,23 @@ def hf_repo_present(repo_id: str) -> Path | None:
         if any(snapshot.glob("*.safetensors")) or any(snapshot.glob("*.bin")) or any(snapshot.glob("*.pth")):
             return snapshot
     return None
+
+
+@contextlib.contextmanager
+def backbone_weights_fit(weights: str | os.PathLike | None, backbone: str) -> Iterator[None]:
+    """Around building a model: a `--backbone-weights` file whose tensors do not fit `backbone`
+    (another network's state dict) becomes one line instead of load_state_dict's traceback."""
+    try:
+        yield
+    except (RuntimeError, KeyError) as err:
+        if weights is None or not Path(weights).is_file():
+            raise
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        reason = next((line for line in lines if "key(s)" in line or "size mismatch" in line), lines[0])[:160]
+        raise FssegError(
+            f"--backbone-weights {weights} does not fit the {backbone} backbone ({reason}); pass that "
+            f"backbone's weights, or a keyword such as random"
+        ) from None
 
 
 def efficientnet_lite0_file() -> Path | None:

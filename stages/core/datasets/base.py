@@ -152,7 +152,7 @@ class Dataset:
 
     def fold_classes(self, fold: int, n_folds: int | None = None) -> list[int]:
         """Novel classes of a fold. Default rule: interleaved, fold i = every n-th class from the i-th."""
-        n_folds = n_folds or self.default_folds
+        n_folds = self.default_folds if n_folds is None else n_folds
         if not 0 <= fold < n_folds:
             raise FssegError(f"--fold {fold} is out of range for {self.name}: folds are 0..{n_folds - 1}")
         return self.foreground_classes()[fold::n_folds]
@@ -196,5 +196,38 @@ class Dataset:
         ]
 
 
+def check_id(
+    value: object, source: str | os.PathLike, *, parts: int = 1, what: str = "id", fix: str = "fix that entry"
+) -> str:
+    """`value` if it is a safe image id: a plain name, or at most `parts` plain names joined by
+    '/' (FSS-1000's `class/N`); else one FssegError naming `source`, the id and the fix.
+
+    Ids become output file names (`cams/<id>__<class>.npy`), so `../../x` or `/tmp/x` would
+    write outside `--out`.
+    """
+    pieces = value.replace("\\", "/").split("/") if isinstance(value, str) else []
+    reason = None
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        reason = "it is empty or not a name"
+    elif pieces[0] == "":
+        reason = "it is an absolute path"
+    elif any(p in (".", "..") for p in pieces):
+        reason = "it has a '..' or '.' component"
+    elif "\\" in value or len(pieces) > parts or "" in pieces:
+        reason = "it holds a path separator"
+    if reason is None:
+        return value
+    shape = "a plain file name" if parts == 1 else f"a plain name or up to {parts} names joined by '/'"
+    raise FssegError(f"{source}: {what} {value!r} must be {shape} ({reason}); {fix}")
+
+
 def read_id_list(path: Path) -> list[str]:
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    """The first word of every non-empty line of a list file; each must be a plain name."""
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    for entry in ids:
+        check_id(
+            entry,
+            f"list file {path}",
+            fix="list plain file names there, without folders, '..' or absolute paths",
+        )
+    return ids

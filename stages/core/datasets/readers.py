@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.core.datasets.base import Dataset, Sample, cache_dir, read_id_list
+from stages.core.datasets.base import Dataset, Sample, cache_dir, check_id, read_id_list
 from stages.core.errors import FssegError
 from stages.core.imageio import IMAGE_EXTENSIONS, read_binary_mask, read_label, write_label
 
@@ -140,9 +140,15 @@ class Coco(Dataset):
             cats = sorted(self._coco.getCatIds())
             self._contiguous = {cat: i + 1 for i, cat in enumerate(cats)}
             self.class_names = ["background"] + [self._coco.loadCats(c)[0]["name"] for c in cats]
-            self._image_ids = {
-                Path(i["file_name"]).stem: i["id"] for i in self._coco.loadImgs(self._coco.getImgIds())
-            }
+            images = self._coco.loadImgs(self._coco.getImgIds())
+            for info in images:  # the stem names output files: it must stay a plain name
+                check_id(
+                    info.get("file_name"),
+                    self.json_path,
+                    what="image file_name",
+                    fix=f"file names must name files directly inside {self.image_dir}",
+                )
+            self._image_ids = {Path(i["file_name"]).stem: i["id"] for i in images}
             digest = hashlib.sha256(str(self.json_path.resolve()).encode()).hexdigest()[:16]
             self.mask_cache = cache_dir() / "coco-masks" / f"{self.split}-{digest}"
         else:
