@@ -105,6 +105,14 @@ class MaskedPair:
         m = mask.permute(0, 2, 3, 1).float()  # (B, h, w, 1)
         return m / (m * norms.float() + 1e-5)
 
+    @staticmethod
+    def _direct(own: Levels, own_masks, other: Levels, other_masks) -> list[torch.Tensor]:
+        """Mask the features, then correlate them (the authors' way)."""
+        return [
+            correlation([f * m for f in a], [f * n for f in b])
+            for a, m, b, n in zip(own, own_masks, other, other_masks, strict=True)
+        ]
+
     def _side(self, dots, own_norms, own_masks, other_norms, other_masks) -> list[torch.Tensor]:
         out = []
         for d, n_own, m_own, n_other, m_other in zip(
@@ -120,10 +128,7 @@ class MaskedPair:
     ) -> list[torch.Tensor]:
         """Correlation pyramid (fine, middle, coarse) of the masked query against the masked support."""
         if not self.reuse:
-            return [
-                correlation([f * mq for f in q], [f * ms for f in s])
-                for q, s, mq, ms in zip(self.query, self.support, query_masks, support_masks, strict=True)
-            ]
+            return self._direct(self.query, query_masks, self.support, support_masks)
         return self._side(self.dots, self.q_norms, query_masks, self.s_norms, support_masks)
 
     def support_side(
@@ -131,10 +136,7 @@ class MaskedPair:
     ) -> list[torch.Tensor]:
         """Correlation pyramid of the masked support against the masked query."""
         if not self.reuse:
-            return [
-                correlation([f * ms for f in s], [f * mq for f in q])
-                for q, s, mq, ms in zip(self.query, self.support, query_masks, support_masks, strict=True)
-            ]
+            return self._direct(self.support, support_masks, self.query, query_masks)
         if self.dots_t is None:
             self.dots_t = [d.permute(0, 3, 4, 1, 2, 5).contiguous() for d in self.dots]
         return self._side(self.dots_t, self.s_norms, support_masks, self.q_norms, query_masks)
