@@ -49,6 +49,7 @@ def check(
         f"{report.dataset} at {report.root} (split {report.split}): {report.num_samples} samples, "
         f"{len(report.class_names)} classes, ignore id {ds.ignore_index}",
         highlight=False,
+        markup=False,
     )
     total = max(int(report.pixels.sum()), 1)
     table = Table(title="pixels per class", title_justify="left")
@@ -74,7 +75,7 @@ def check(
         if items:
             console.print(f"[red]{len(items)} {label}[/]:", highlight=False)
             for item in items[:10]:
-                console.print(f"  {item}", highlight=False, soft_wrap=True)
+                console.print(f"  {item}", highlight=False, markup=False, soft_wrap=True)
             if len(items) > 10:
                 console.print(f"  ... and {len(items) - 10} more")
     if report.problems:
@@ -148,6 +149,7 @@ def episodes(
     console.print(
         f"{len(doc['episodes'])} {protocol} episodes, {shots}-shot, fold {fold} (novel: {novel}) -> {out}",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 
@@ -178,5 +180,8 @@ def panoptic_gt(
 
     outputs = json.loads((path / "manifest.json").read_text())["outputs"]
     console.print(
-        f"{outputs['images']} images ({outputs['instances']}) -> {path}", highlight=False, soft_wrap=True
+        f"{outputs['images']} images ({outputs['instances']}) -> {path}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
     )

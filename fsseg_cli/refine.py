@@ -141,6 +141,7 @@ def refine(
     console.print(
         f"{outputs['episodes']} episodes -> {path / outputs['predictions']} (overlays: {path / 'overlays'})",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 
@@ -321,6 +322,7 @@ def pretrain(
         f"trained on {seen}; best val mIoU {'n/a' if best is None else f'{best:.2f}'} -> "
         f"{path / outputs['best']}",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 
@@ -403,5 +405,8 @@ def finetune_episode(
 
     outputs = json.loads((path / "manifest.json").read_text())["outputs"]
     console.print(
-        f"{outputs['count']} episodes -> {path / outputs['predictions']}", highlight=False, soft_wrap=True
+        f"{outputs['count']} episodes -> {path / outputs['predictions']}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
     )

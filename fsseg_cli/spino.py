@@ -161,6 +161,7 @@ def label_gen(
         f"heads trained on {manifest['params']['k']} images (final losses: semantic {o['final_semantic_loss']:.3f}, "
         f"boundary {o['final_boundary_loss']:.3f}) -> {path / o['heads']}",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 
@@ -222,7 +223,7 @@ def pseudo_label(
                 epochs_boundary=epochs_boundary, device=device, precision=precision, seed=seed,
                 overwrite=overwrite, on_progress=on_progress,
             )  # fmt: skip
-        console.print(f"label-gen heads -> {heads}", highlight=False, soft_wrap=True)
+        console.print(f"label-gen heads -> {heads}", highlight=False, markup=False, soft_wrap=True)
     with progress("pseudo-labelling", quiet) as on_progress:
         path = run_pseudo_label(
             out, heads=heads, dataset=dataset, root=root, split=split, tta_scales=opt.parse_numbers(tta_scales, above=0),
@@ -233,6 +234,7 @@ def pseudo_label(
     console.print(
         f"{manifest['outputs']['images']} images pseudo-labelled -> {path} (previews in {path / 'preview'})",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 
@@ -287,7 +289,9 @@ def train_panoptic(
                 device=device, precision=precision, overwrite=overwrite, on_progress=on_progress,
             )  # fmt: skip
         images = json.loads((path / "manifest.json").read_text())["outputs"]["images"]
-        console.print(f"{images} panoptic predictions -> {path}", highlight=False, soft_wrap=True)
+        console.print(
+            f"{images} panoptic predictions -> {path}", highlight=False, markup=False, soft_wrap=True
+        )
         return
     if pseudo is None:
         raise FssegError("--pseudo is required: the pseudo-label artifact to train on (fsseg pseudo-label)")
@@ -305,5 +309,6 @@ def train_panoptic(
         f"trained on {o['pseudo_images']} pseudo-labelled + {o['ground_truth_images']} ground-truth images; best val "
         f"PQ {'n/a' if best is None else f'{best:.2f}'} -> {path / o['best']}",
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
