@@ -117,7 +117,10 @@ def check_predicted_for(pred_dir: str | Path, episodes: str | Path) -> None:
         for entry in manifest.get("inputs") or []
         if isinstance(entry, dict) and "sha256" in entry and str(entry.get("path", "")).endswith(".json")
     ]
-    if not made_for or any(entry["sha256"] == sha256_file(episodes) for entry in made_for):
+    if not made_for:
+        return
+    digest = sha256_file(episodes)
+    if any(entry["sha256"] == digest for entry in made_for):
         return
     source = made_for[0]["path"]
     changed = " (as it was before it changed)" if Path(source) == Path(episodes).resolve() else ""
