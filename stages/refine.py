@@ -369,6 +369,9 @@ def _evolution(query, support, q_steps, s_steps, zero_shot: bool) -> list[list[n
     """Rows of overlay tiles: support (initial mask as heat, then each step) and query (likewise)."""
 
     def row(image, initial, step_logits):
+        import cv2
+
+        initial = cv2.resize(initial.astype(np.float32), image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         tiles = [overlay(image, heatmap=initial, alpha=0.45)]
         for logits in step_logits:
             mask = final_mask(logits, image.shape[:2]) if logits is not None else initial >= 0.5
@@ -407,35 +410,26 @@ FLAT_PRIOR = 0.5  # a query without a CAM under pixel-mask supervision starts fr
 
 
 def _cam_lookup(cams_dir, artifact, compute: Callable[[np.ndarray, str], np.ndarray | None] | None):
-    """A function (cam id, image, label, optional) -> CAM, from an artifact, else computed. With
-    `optional`, a CAM that does not exist (not in the artifact, or a label the CAM backend does
-    not know) gives a flat FLAT_PRIOR map instead of an error."""
+    """A function (cam id, image, label, optional) -> CAM in [0, 1] at the size it was stored or
+    computed at (`initial_mask` brings it to the model's size: a `clip-cam --cam-size 50` CAM
+    goes in as it is), from an artifact, else computed. With `optional`, a CAM that does not
+    exist (not in the artifact, or a label the CAM backend does not know) gives a flat
+    FLAT_PRIOR map at the image's size instead of an error."""
 
     def get(cam_id: str, image: np.ndarray, label: str, optional: bool = False) -> np.ndarray:
         if artifact is not None:
             path = Path(cams_dir) / "cams" / f"{cam_id}.npy"
-            if not path.is_file():
-                if optional:
-                    return np.full(image.shape[:2], FLAT_PRIOR, np.float32)
+            cam = load_float_map(path) if path.is_file() else None
+            if cam is None and not optional:
                 raise FssegError(
                     f"no CAM {cam_id} in {cams_dir}; run `fsseg clip-cam` over the same images "
                     f"(for a dataset: --dataset with the same split)"
                 )
-            cam = load_float_map(path)
-            if cam.shape != image.shape[:2]:
-                cam = F.interpolate(
-                    torch.from_numpy(cam)[None, None],
-                    size=image.shape[:2],
-                    mode="bilinear",
-                    align_corners=False,
-                )[0, 0].numpy()
-            return cam
-        cam = compute(image, label)
-        if cam is None:
-            if optional:
-                return np.full(image.shape[:2], FLAT_PRIOR, np.float32)
-            raise _unknown_label(label)
-        return cam
+        else:
+            cam = compute(image, label)
+            if cam is None and not optional:
+                raise _unknown_label(label)
+        return np.full(image.shape[:2], FLAT_PRIOR, np.float32) if cam is None else cam
 
     return get
 
