@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fsseg-installed
 
-.PHONY: install test test-real lint bench demo clean reproduce-table1 reproduce-gfss reproduce-spino
+.PHONY: install test test-real lint bench bench-quick demo clean reproduce-table1 reproduce-gfss reproduce-spino
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# every benchmark at tiny sizes (seconds each; CI runs it so that none can rot): fails when one fails
+bench-quick: install
+	$(PY) bench/run_all.py --quick
 
 # The README's first command: real photos (shipped by scikit-image) -> CAMs and overlays, offline.
 DEMO ?= runs/demo

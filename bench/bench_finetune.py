@@ -4,11 +4,13 @@
 head: speed does not depend on it), 100 SGD steps per episode, input 224x224 with the support
 loss at 56x56 (the CamVid experiment's settings; the report's 473 makes the one-at-a-time loop
 take many minutes on a 2-core CPU), CPU. Both runs go
-through `run_finetune_episode` with the same seed: (a) `batch_episodes=1, feature_cache=0` (the
-report's structure: every episode recomputes its features and trains alone), (b) fsseg's
-defaults (`batch_episodes=50`, features cached per image). Each run in its own process for
-peak RSS. Prints episodes/s, peak RSS, the speed-up, and the mean IoU between their predictions.
+through `run_finetune_episode` with the same seed: (a) `batch_episodes=1, feature_cache_mb=0`,
+fp32 (the report's structure: every episode recomputes its features and trains alone), (b)
+fsseg's defaults (`batch_episodes=50`, features cached per image, `--precision auto`). Each run in its own process for
+peak RSS. Prints episodes/s, peak RSS, the speed-up, and the mean IoU between their predictions;
+on the CPU, and on the first CUDA GPU when there is one.
 Usage: python bench/bench_finetune.py [N_EPISODES [IMG_SIZE [LABEL_SIZE]]]
+       (QUICK=1: 4 episodes, 64x64 input, loss at 16x16, 5 SGD steps)
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.common import bench_devices, print_hardware, quick, run_children, synchronize, threads  # noqa: E402
+
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+STEPS = 5 if quick() else 100
 
 
 def setup(folder: Path, n: int) -> tuple[Path, Path]:
@@ -57,70 +61,76 @@ def setup(folder: Path, n: int) -> tuple[Path, Path]:
     return folder / "episodes.json", folder / "psp.pt"
 
 
-def run(folder: Path, mode: str, img_size: int, label_size: int) -> dict:
+def run(folder: Path, mode: str, img_size: int, label_size: int, device: str) -> dict:
     import torch
 
+    from stages.core.artifacts import read_manifest
+    from stages.core.devices import resolve_precision
     from stages.finetune_episode import run_finetune_episode
 
-    torch.set_num_threads(2)
-    batch, cache = (1, 0) if mode == "one-at-a-time" else (50, 512)
+    torch.set_num_threads(threads())
+    # the peer: one episode at a time, nothing cached, fp32; fsseg: its defaults
+    peer = {"batch_episodes": 1, "feature_cache_mb": 0, "precision": "fp32"}
     start = time.perf_counter()
-    run_finetune_episode(
-        folder / mode,
+    out = run_finetune_episode(
+        folder / device / mode,
         checkpoint=folder / "psp.pt",
         episodes=folder / "episodes.json",
         mode="fss",
-        batch_episodes=batch,
-        feature_cache=cache,
+        steps=STEPS,
         img_size=img_size,
         label_size=label_size,
-        device="cpu",
+        device=device,
+        **(peer if mode == "one-at-a-time" else {}),
     )
+    synchronize(device)
     return {
         "seconds": time.perf_counter() - start,
+        "precision": resolve_precision(read_manifest(out)["params"]["precision"], torch.device(device)),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
 def main() -> None:
-    if len(sys.argv) > 5 and sys.argv[1] == "--run":
-        print(json.dumps(run(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))))
+    if len(sys.argv) > 6 and sys.argv[1] == "--run":  # --run MODE[,MODE] FOLDER IMG_SIZE LABEL_SIZE DEVICE
+        folder, sizes, device = Path(sys.argv[3]), (int(sys.argv[4]), int(sys.argv[5])), sys.argv[6]
+        print(json.dumps({mode: run(folder, mode, *sizes, device) for mode in sys.argv[2].split(",")}))
         return
     if not CAMVID.is_dir():
         print(f"skip: {CAMVID} is absent")
         return
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    img_size = int(sys.argv[2]) if len(sys.argv) > 2 else 224
-    label_size = int(sys.argv[3]) if len(sys.argv) > 3 else 56
+    print_hardware()
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 4 if quick() else 200
+    img_size = int(sys.argv[2]) if len(sys.argv) > 2 else 64 if quick() else 224
+    label_size = int(sys.argv[3]) if len(sys.argv) > 3 else 16 if quick() else 56
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         os.environ["FSSEG_CACHE"] = str(folder / "cache")
         setup(folder, n)
-        results = {}
-        for mode in ("one-at-a-time", "batched"):
-            proc = subprocess.run(
-                [sys.executable, __file__, "--run", tmp, mode, str(img_size), str(label_size)],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=os.environ,
-            )
-            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-        ious = []
-        for png in sorted((folder / "batched" / "pred").glob("*.png")):
-            from PIL import Image
+        for device in bench_devices():
+            modes = ["one-at-a-time", "batched"]
+            results = run_children(__file__, "--run", modes, tmp, str(img_size), str(label_size), device)
+            ious = []
+            for png in sorted((folder / device / "batched" / "pred").glob("*.png")):
+                from PIL import Image
 
-            a = np.asarray(Image.open(png)) > 0
-            b = np.asarray(Image.open(folder / "one-at-a-time" / "pred" / png.name)) > 0
-            ious.append(1.0 if not (a | b).any() else (a & b).sum() / (a | b).sum())
-    print(
-        f"finetune-episode, {n} 1-shot CamVid episodes, PSPNet-Lite0, 100 SGD steps, input {img_size}x{img_size}, "
-        f"support loss at {label_size}x{label_size}, CPU 2 threads"
-    )
-    for mode, r in results.items():
-        print(f"  {mode:<14} {n / r['seconds']:7.2f} episodes/s  peak RSS {r['rss_mb']:6.0f} MB")
-    speed = results["one-at-a-time"]["seconds"] / results["batched"]["seconds"]
-    print(f"  speed-up {speed:5.2f}x   mean IoU between the two runs' predictions {np.mean(ious):.4f}")
+                a = np.asarray(Image.open(png)) > 0
+                b = np.asarray(Image.open(folder / device / "one-at-a-time" / "pred" / png.name)) > 0
+                ious.append(1.0 if not (a | b).any() else (a & b).sum() / (a | b).sum())
+            where = f"CPU {threads()} thread{'s' if threads() > 1 else ''}" if device == "cpu" else device
+            print(
+                f"finetune-episode, {n} 1-shot CamVid episodes, PSPNet-Lite0, {STEPS} SGD steps, input "
+                f"{img_size}x{img_size}, support loss at {label_size}x{label_size}, {where}"
+            )
+            for mode, r in results.items():
+                print(
+                    f"  {mode:<14} {n / r['seconds']:7.2f} episodes/s  peak RSS {r['rss_mb']:6.0f} MB  "
+                    f"precision {r['precision']}"
+                )
+            speed = results["one-at-a-time"]["seconds"] / results["batched"]["seconds"]
+            print(
+                f"  speed-up {speed:5.2f}x   mean IoU between the two runs' predictions {np.mean(ious):.4f}"
+            )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ are written once as COCO panoptic PNG + JSON. Both evaluators then read the same
 cityscapesScripts through `pq_compute_single_core` (its per-process worker, one core) and its
 default `pq_compute_multi_core` (a process per core); fsseg through `read_coco_png` +
 `PanopticQuality.update` in one thread and in two threads of the one process (what `fsseg
-evaluate` does with its default --num-workers 2). Prints times, ratios and the PQ values.  Usage: python bench/bench_panoptic.py [N_PAIRS]
+evaluate` does with its default --num-workers 2). Prints times, ratios and the PQ values. No model
+runs, so there are no GPU rows.
+Usage: python bench/bench_panoptic.py [N_PAIRS]     (QUICK=1: 2 pairs)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import print_hardware, quick  # noqa: E402
 from stages.core.metrics import PanopticImage, PanopticQuality  # noqa: E402
 from stages.core.panoptic import id_to_rgb, read_coco_png  # noqa: E402
 
@@ -116,7 +119,8 @@ def write_dataset(folder: Path, n: int) -> tuple[list, list]:
 def main() -> None:
     from cityscapesscripts.evaluation import evalPanopticSemanticLabeling as peer
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 200
+    print_hardware()
+    n = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 2 if quick() else 200
     categories = {c["id"]: c for c in CATEGORIES}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

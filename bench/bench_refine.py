@@ -14,15 +14,16 @@ Every mode reads the images with the authors' preprocessing (PIL bilinear resize
   cache-bf16   fsseg refine --precision bf16
 Prints episodes/s, peak RSS, speed-up over the peer, and the agreement of the final query masks
 (the authors' rule: argmax of the logits upsampled to 400) with the peer's: max |logit
-difference| and mask IoU.
-Usage: python bench/bench_refine.py
+difference| and mask IoU. The bf16 modes run where `--precision auto` picks bf16 (a CPU with bf16
+units, a GPU with native bf16): elsewhere bf16 convolutions take a slow path. On the CPU, and on
+the first CUDA GPU when there is one.
+Usage: python bench/bench_refine.py     (QUICK=1: 3 episodes over 2 images, the tiny backbone)
 """
 
 from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import bench_devices, print_hardware, quick, run_children, synchronize, threads  # noqa: E402
+
 CAMVID = ROOT.parent / "shared" / "data" / "camvid" / "val"
-N_EPISODES, N_IMAGES, SIZE = 50, 10, 400
+N_EPISODES, N_IMAGES, SIZE = (3, 2, 96) if quick() else (50, 10, 400)
+BACKBONE = "tiny" if quick() else "resnet50"
+CACHE_MB = 1024  # holds the 10 images' ResNet50 pyramids (~40 MB each)
 MODES = {
     "authors": (False, "fp32"),
     "cache-fp32": (True, "fp32"),
@@ -51,16 +56,18 @@ def blob(rng: np.random.Generator) -> torch.Tensor:
     ]
 
 
-def run_mode(mode: str, out: Path) -> dict:
+def run_mode(mode: str, out: Path, device: str) -> dict:
     from stages.core import devices
+    from stages.core.cache import TensorCache
     from stages.core.imageio import read_image
     from stages.models.hsnet import IMRHSNet, final_mask
-    from stages.refine import FeatureCache, _to_tensor
+    from stages.refine import _to_tensor
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads())
     cached, precision = MODES[mode]
     torch.manual_seed(0)
-    model = IMRHSNet(backbone="resnet50", backbone_weights=None).eval()
+    tiny = {"channels": (4, 8, 16), "mid": 32, "gate": 32} if BACKBONE == "tiny" else {}
+    model = IMRHSNet(backbone=BACKBONE, backbone_weights=None, **tiny).eval()
     with torch.no_grad():  # random weights with some spread, so that masks are not trivially empty
         for name, p in model.named_parameters():
             if not name.startswith("backbone."):
@@ -71,20 +78,24 @@ def run_mode(mode: str, out: Path) -> dict:
     episodes = [
         (files[int(q)].stem, files[int(s)].stem) for q, s in rng.integers(0, N_IMAGES, (N_EPISODES, 2))
     ]
-    masks = {name: blob(rng) for name in images}
-    cpu = torch.device("cpu")
-    cache = FeatureCache(model.backbone, 64 if cached else 0)
+    dev = torch.device(device)
+    model.to(dev)
+    masks = {name: blob(rng).to(dev) for name in images}
+    cache = TensorCache(CACHE_MB if cached else 0)
+
+    def features(name: str):
+        return cache(name, lambda: model.backbone(_to_tensor(images[name], SIZE, BACKBONE, dev)))
+
     logits_out, masks_out = [], []
     start = time.perf_counter()
-    with torch.no_grad(), devices.autocast(cpu, precision):
+    with torch.no_grad(), devices.autocast(dev, precision):
         for q, s in episodes:
-            q_levels = cache(q, lambda q=q: _to_tensor(images[q], SIZE, "resnet50", cpu))
-            s_levels = cache(s, lambda s=s: _to_tensor(images[s], SIZE, "resnet50", cpu))
             logits, _ = model.refine(
-                q_levels, s_levels, masks[q], masks[s], steps=2, reuse_correlation=cached
+                features(q), features(s), masks[q], masks[s], steps=2, reuse_correlation=cached
             )
-            logits_out.append(logits[-1].float()[0].numpy())
+            logits_out.append(logits[-1].float()[0].cpu().numpy())
             masks_out.append(final_mask(logits[-1], (SIZE, SIZE)))
+    synchronize(device)
     seconds = time.perf_counter() - start
     np.save(out / f"{mode}.npy", np.stack(logits_out))
     np.save(out / f"{mode}-masks.npy", np.stack(masks_out))
@@ -92,42 +103,44 @@ def run_mode(mode: str, out: Path) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) > 3 and sys.argv[1] == "--mode":
-        print(json.dumps(run_mode(sys.argv[2], Path(sys.argv[3]))))
+    if len(sys.argv) > 4 and sys.argv[1] == "--mode":  # --mode MODE[,MODE] OUT DEVICE
+        out, device = Path(sys.argv[3]), sys.argv[4]
+        print(json.dumps({mode: run_mode(mode, out, device) for mode in sys.argv[2].split(",")}))
         return
     if not CAMVID.is_dir():
         print(f"skip: {CAMVID} is absent")
         return
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {}
-        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # bf16 units (AVX-512 BF16 / AMX)
-        if not bf16:
+    from stages.core.devices import resolve_precision
+
+    print_hardware()
+    for device in bench_devices():
+        with tempfile.TemporaryDirectory() as tmp:
+            bf16 = resolve_precision("auto", torch.device(device)) == "bf16"
+            if not bf16:
+                print(
+                    f"{device}: no fast bf16 here (bf16 convolutions take a slow path), so the bf16 modes are skipped"
+                )
+            modes = [mode for mode in MODES if bf16 or MODES[mode][1] != "bf16"]
+            results = run_children(__file__, "--mode", modes, tmp, device)
+            reference = np.load(Path(tmp) / "authors.npy")
+            reference_masks = np.load(Path(tmp) / "authors-masks.npy").astype(bool)
+            where = f"CPU {threads()} thread{'s' if threads() > 1 else ''}" if device == "cpu" else device
             print(
-                "this CPU has no bf16 units: bf16 convolutions take torch's slow path, so the bf16 modes are skipped"
+                f"IMR-HSNet refinement, {N_EPISODES} 1-shot episodes over {N_IMAGES} CamVid images, {BACKBONE} "
+                f"random weights, {SIZE}x{SIZE}, 2 steps, {where}"
             )
-        for mode in [m for m in MODES if bf16 or MODES[m][1] != "bf16"]:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--mode", mode, tmp], capture_output=True, text=True, check=True
-            )
-            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-        reference = np.load(Path(tmp) / "authors.npy")
-        reference_masks = np.load(Path(tmp) / "authors-masks.npy").astype(bool)
-        print(
-            f"IMR-HSNet refinement, {N_EPISODES} 1-shot episodes over {N_IMAGES} CamVid images, ResNet50 random "
-            f"weights, {SIZE}x{SIZE}, 2 steps, CPU 2 threads"
-        )
-        base, base_rss = results["authors"]["seconds"], results["authors"]["rss_mb"]
-        for mode, r in results.items():
-            logits = np.load(Path(tmp) / f"{mode}.npy")
-            masks = np.load(Path(tmp) / f"{mode}-masks.npy").astype(bool)
-            iou = (masks & reference_masks).sum() / max((masks | reference_masks).sum(), 1)
-            print(
-                f"  {mode:<11} {N_EPISODES / r['seconds']:6.3f} episodes/s  peak RSS {r['rss_mb']:6.0f} MB "
-                f"({r['rss_mb'] / base_rss:4.2f}x)  speed-up {base / r['seconds']:5.2f}x  "
-                f"max|dlogit| {np.abs(logits - reference).max():.2e}  mask IoU {iou:.4f}"
-            )
+            base, base_rss = results["authors"]["seconds"], results["authors"]["rss_mb"]
+            for mode, r in results.items():
+                logits = np.load(Path(tmp) / f"{mode}.npy")
+                masks = np.load(Path(tmp) / f"{mode}-masks.npy").astype(bool)
+                iou = (masks & reference_masks).sum() / max((masks | reference_masks).sum(), 1)
+                print(
+                    f"  {mode:<11} {N_EPISODES / r['seconds']:6.3f} episodes/s  peak RSS {r['rss_mb']:6.0f} MB "
+                    f"({r['rss_mb'] / base_rss:4.2f}x)  speed-up {base / r['seconds']:5.2f}x  "
+                    f"max|dlogit| {np.abs(logits - reference).max():.2e}  mask IoU {iou:.4f}"
+                )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ done
 for lambda in 0 0.1; do
   $FSSEG pretrain --method pspnet --dataset camvid --root "$DATA" --fold $FOLD --backbone efficientnet_lite0 \
     --img-size $SIZE --epochs 4 --batch-size 8 --contrastive $lambda --val-split val --val-images 50 \
-    --precision bf16 --out "$OUT/pspnet-lambda$lambda" -q
+    --out "$OUT/pspnet-lambda$lambda" -q
   for shots in 1 5; do
     for mode in fss gfss; do
       run="$OUT/lambda$lambda-$mode-${shots}shot"

@@ -30,7 +30,7 @@ $FSSEG pseudo-label camvid --root "$DATA" --heads "$OUT/label-gen-k10" --min-seg
   --out "$OUT/pseudo-train-k10"
 $FSSEG train-panoptic --pseudo "$OUT/pseudo-train-k10" --backbone efficientnet_lite0 --epochs "$EPOCHS" \
   --batch-size 8 --val-split val --val-images 50 --device cpu -q --out "$OUT/panoptic-k10"
-$FSSEG train-panoptic --predict --checkpoint "$OUT/panoptic-k10/checkpoints/best.pt" --dataset camvid \
+$FSSEG predict-panoptic --checkpoint "$OUT/panoptic-k10/checkpoints/best.pt" --dataset camvid \
   --root "$DATA" --split val --device cpu -q --out "$OUT/panoptic-k10-val"
 $FSSEG evaluate --task panoptic --dataset camvid --pred "$OUT/panoptic-k10-val" --gt "$OUT/gt-val" \
   --out "$OUT/panoptic-k10-val/eval-panoptic" -q

@@ -357,7 +357,7 @@ def spino() -> None:
     fsseg(
         "train-panoptic", "--pseudo", out / "pseudo-train", *panoptic, *dev, "-q", "--out", out / "panoptic"
     )
-    fsseg("train-panoptic", "--predict", "--checkpoint", out / "panoptic" / "checkpoints" / "best.pt", "--dataset",
+    fsseg("predict-panoptic", "--checkpoint", out / "panoptic" / "checkpoints" / "best.pt", "--dataset",
           "cityscapes", "--root", data, "--split", "val", *dev, "-q", "--out", out / "panoptic-val")  # fmt: skip
     rows = {}
     for name, run in (("pseudo-labels", "pseudo-val"), ("train-panoptic on pseudo-labels", "panoptic-val")):

@@ -145,7 +145,7 @@ def episodes(
             on_progress=on_progress,
         )
     write_episodes(out, doc, overwrite=overwrite)
-    novel = ", ".join(ds.class_names[c] for c in doc["novel_classes"])
+    novel = ", ".join(ds.class_names[c] for c in doc["novel_classes"] if c not in doc["skipped_classes"])
     console.print(
         f"{len(doc['episodes'])} {protocol} episodes, {shots}-shot, fold {fold} (novel: {novel}) -> {out}",
         highlight=False,
@@ -176,9 +176,9 @@ def panoptic_gt(
         path = export_panoptic_gt(
             out, dataset=dataset, root=root, split=split, overwrite=overwrite, on_progress=on_progress
         )
-    import json
+    from stages.core.artifacts import read_manifest
 
-    outputs = json.loads((path / "manifest.json").read_text())["outputs"]
+    outputs = read_manifest(path)["outputs"]
     console.print(
         f"{outputs['images']} images ({outputs['instances']}) -> {path}",
         highlight=False,

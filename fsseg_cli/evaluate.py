@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from fsseg_cli import options as opt
 from fsseg_cli.console import console, handles_errors, progress, setup_logging
-from fsseg_cli.options import NumWorkers, Out, Overwrite, Quiet, Verbose
+from fsseg_cli.options import Out, Overwrite, Quiet, Verbose
+from fsseg_cli.params import derive
+from stages.params import EvaluateParams
 
 HELP = (
     "Score predictions against ground truth.\n\n"
@@ -35,37 +36,14 @@ _HEADLINES = {
 }
 
 
-def _class_names(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_file():
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return [name.strip() for name in value.split(",")]
-
-
 @handles_errors
+@derive(params=EvaluateParams)
 def evaluate(
     pred: Annotated[
         Path, typer.Option("--pred", help="Predictions: a folder, or the artifact of the predicting stage.")
     ],
     out: Out,
-    task: Annotated[
-        Literal["semantic", "fss", "gfss", "panoptic"], typer.Option("--task", help="What to score.")
-    ] = "semantic",
     gt: Annotated[Path | None, typer.Option("--gt", help="Ground-truth folder (semantic, panoptic).")] = None,
-    num_classes: Annotated[
-        int | None, opt.count("--num-classes", help="semantic: number of classes (ids 0..N-1).")
-    ] = None,
-    ignore_index: Annotated[
-        int, opt.index("--ignore-index", help="semantic: ground-truth id that is not scored.", maximum=65535)
-    ] = 255,
-    class_names: Annotated[
-        str | None,
-        typer.Option(
-            "--class-names", help="semantic: names, a text file (one per line) or a comma-separated list."
-        ),
-    ] = None,
     episodes: Annotated[
         Path | None, typer.Option("--episodes", help="fss/gfss: episodes JSON from `fsseg data episodes`.")
     ] = None,
@@ -73,25 +51,8 @@ def evaluate(
         Path | None,
         typer.Option("--root", help="fss/gfss: dataset folder, if it moved since the episodes were made."),
     ] = None,
-    resize_gt: Annotated[
-        int | None,
-        opt.pixels(
-            "--resize-gt", help="fss: score at NxN (HSNet's default 400) instead of the original size."
-        ),
-    ] = None,
-    panoptic_format: Annotated[
-        Literal["cityscapes", "coco"], typer.Option("--format", help="panoptic: input form.")
-    ] = "cityscapes",
-    dataset: Annotated[
-        Literal["cityscapes", "camvid"],
-        typer.Option("--dataset", help="panoptic, Cityscapes form: whose label ids."),
-    ] = "cityscapes",
-    missing_as_empty: Annotated[
-        bool,
-        typer.Option("--missing-as-empty", help="Count missing predictions as empty instead of failing."),
-    ] = False,
+    params: EvaluateParams = None,
     overwrite: Overwrite = False,
-    num_workers: NumWorkers = 2,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -102,23 +63,10 @@ def evaluate(
 
     with progress("scoring", quiet) as on_progress:
         path = run_evaluate(
-            pred,
-            out,
-            task=task,
-            gt_dir=gt,
-            episodes=episodes,
-            root=root,
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-            class_names=_class_names(class_names),
-            panoptic_format=panoptic_format,
-            dataset=dataset,
-            resize_gt=resize_gt,
-            missing_as_empty=missing_as_empty,
-            num_workers=num_workers,
-            overwrite=overwrite,
+            pred, out, gt_dir=gt, episodes=episodes, root=root, params=params, overwrite=overwrite,
             on_progress=on_progress,
-        )
+        )  # fmt: skip
+    task = params.task
     metrics = json.loads((path / "metrics.json").read_text())
     first, first_key, second, second_key = _HEADLINES[task]
     count = metrics.get("num_images", metrics.get("num_episodes"))

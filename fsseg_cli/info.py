@@ -55,6 +55,11 @@ def info() -> None:
         "default (--device auto)",
         "cuda:0" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu",
     )
+    from stages.core.devices import describe_precision
+
+    devices.add_row("precision (--precision auto)", describe_precision("cpu"))
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        devices.add_row("", describe_precision(f"cuda:{i}"))
     console.print(devices)
 
     weights = Table(title="pretrained weights in local caches", title_justify="left")

@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from fsseg_cli import clip_cam, data, evaluate, info, refine, report, spino
+from fsseg_cli import (
+    clip_cam,
+    data,
+    evaluate,
+    finetune_episode,
+    info,
+    label_gen,
+    predict_panoptic,
+    pretrain,
+    pseudo_label,
+    refine,
+    report,
+    train_panoptic,
+)
 from fsseg_cli.console import fail
 
 try:  # recent typer vendors its own click
@@ -44,12 +57,13 @@ app = typer.Typer(
 )
 
 app.command("clip-cam", help=clip_cam.HELP)(clip_cam.clip_cam)
-app.command("pretrain", help=refine.PRETRAIN_HELP)(refine.pretrain)
-app.command("refine", help=refine.REFINE_HELP)(refine.refine)
-app.command("finetune-episode", help=refine.FINETUNE_HELP)(refine.finetune_episode)
-app.command("label-gen", help=spino.LABEL_GEN_HELP)(spino.label_gen)
-app.command("pseudo-label", help=spino.PSEUDO_LABEL_HELP)(spino.pseudo_label)
-app.command("train-panoptic", help=spino.TRAIN_PANOPTIC_HELP)(spino.train_panoptic)
+app.command("pretrain", help=pretrain.HELP)(pretrain.pretrain)
+app.command("refine", help=refine.HELP)(refine.refine)
+app.command("finetune-episode", help=finetune_episode.HELP)(finetune_episode.finetune_episode)
+app.command("label-gen", help=label_gen.HELP)(label_gen.label_gen)
+app.command("pseudo-label", help=pseudo_label.HELP)(pseudo_label.pseudo_label)
+app.command("train-panoptic", help=train_panoptic.HELP)(train_panoptic.train_panoptic)
+app.command("predict-panoptic", help=predict_panoptic.HELP)(predict_panoptic.predict_panoptic)
 app.command("info", help="Versions, devices, and which pretrained weights are in the local caches.")(
     info.info
 )

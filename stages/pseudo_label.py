@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from stages.core.datasets import open_dataset
 from stages.core.errors import FssegError
 from stages.core.panoptic import PanopticWriter, fuse_panoptic
 from stages.models.spino import DenseFeatures, input_size, to_unit
+from stages.params import PseudoLabelParams, resolve
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +62,23 @@ def run_pseudo_label(
     heads: str | Path,
     dataset: str | None = None,
     root: str | Path | None = None,
-    split: str | None = None,
-    tta_scales: Sequence[float] = (1.0,),
-    boundary_threshold: float = 0.5,
-    min_segment: int = 500,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
+    params: PseudoLabelParams | None = None,
     overwrite: bool = False,
     on_progress: Callable[..., None] | None = None,
+    **changes: Any,
 ) -> Path:
-    """Pseudo-label every image of a split (default: label-gen's split minus its k images)."""
+    """Pseudo-label every image of a split (default: label-gen's split minus its k images) with
+    the heads of the label-gen artifact `heads`; `dataset` and `root` default to label-gen's.
+    `changes` are field values of `params` (`min_segment=20`: `PseudoLabelParams(min_segment=20)`)."""
+    p = resolve(PseudoLabelParams, params, changes)
+    if not p.tta_scales:
+        raise FssegError("--tta-scales needs at least one scale, e.g. 1 or 0.75,1,1.25")
     heads_dir = Path(heads)
-    made = read_manifest(heads_dir, "label-gen")["params"]
-    if not tta_scales or any(s <= 0 for s in tta_scales):
-        raise FssegError("--tta-scales must be positive numbers, e.g. 0.75,1,1.25")
-    if not 0 < boundary_threshold < 1:
-        raise FssegError(f"--boundary-threshold {boundary_threshold} must lie in (0, 1)")
+    manifest = read_manifest(heads_dir, "label-gen")
+    made = manifest.get("resolved") or manifest["params"]  # artifacts before fsseg recorded `resolved`
     dataset = dataset or made["dataset"]
     root = Path(root or made["root"])
-    ds = open_dataset(dataset, root, split or (made["split"] if dataset == made["dataset"] else None))
+    ds = open_dataset(dataset, root, p.split or (made["split"] if dataset == made["dataset"] else None))
     if ds.num_classes != len(made["class_names"]):
         raise FssegError(
             f"{heads_dir} was trained on {len(made['class_names'])} classes but {dataset} has {ds.num_classes}; "
@@ -90,24 +89,23 @@ def run_pseudo_label(
     )
     annotated = set(made["ids"]) if same_images else set()
     ids = [s.id for s in ds.samples() if s.id not in annotated]
-    dev = devices.resolve_device(device)
-    devices.check_precision(precision, dev)
+    dev = devices.resolve_device(p.device)
+    precision = devices.resolve_precision(p.precision, dev)
     distributed.init_distributed(dev.type)
-    params = {
-        "dataset": dataset, "root": str(root.resolve()), "split": ds.split, "tta_scales": list(tta_scales),
-        "boundary_threshold": boundary_threshold, "min_segment": min_segment, "precision": precision,
+    resolved = {
+        "dataset": dataset, "root": str(root.resolve()), "split": ds.split, "precision": precision,
         "excluded_annotated": sorted(annotated), "class_names": ds.class_names, "things": list(ds.things),
         "annotated_ids": made["ids"], "label_gen_dataset": made["dataset"], "label_gen_root": made["root"],
         "label_gen_split": made["split"],
     }  # fmt: skip
     art = open_artifact(
-        out_dir, kind="pseudo-label", stage="pseudo-label", params=params, inputs=[heads_dir],
-        seed=seed, overwrite=overwrite,
+        out_dir, kind="pseudo-label", stage="pseudo-label", params=p, resolved=resolved, inputs=[heads_dir],
+        overwrite=overwrite,
     )  # fmt: skip
     with art:
         if art.up_to_date:
             return art.path
-        devices.seed_everything(seed)
+        devices.seed_everything(p.seed)
         model, ckpt = build_from_checkpoint(heads_dir / "heads.pt", dev)
         model.to(dev).eval()
         features = DenseFeatures(name=ckpt["backbone"], weights=ckpt["backbone_weights"]).to(dev)
@@ -116,11 +114,11 @@ def run_pseudo_label(
         def work(sample_id: str) -> None:
             sample = ds.sample(sample_id)
             image = ds.load_image(sample)
-            semantic, boundary = predict_maps(
-                features, model, image, size=ckpt["size"], scales=tta_scales, device=dev, precision=precision
-            )
+            semantic, boundary = predict_maps(features, model, image, size=ckpt["size"], scales=p.tta_scales,
+                                              device=dev, precision=precision)  # fmt: skip
+            cut = boundary > p.boundary_threshold
             semantic, instances = fuse_panoptic(
-                semantic, boundary > boundary_threshold, ds.things, min_size=min_segment, void=ds.ignore_index
+                semantic, cut, ds.things, min_size=p.min_segment, void=ds.ignore_index
             )
             writer.write(art, sample_id, image, semantic, instances)
 

@@ -13,12 +13,13 @@ Algorithm: images resized to `img_size`^2; backbone features cached per image (L
         mutually; pixel-labelled supports stay fixed), `none` (one HSNet pass from the initial
         support mask) and `mutual` (HSNet: query <- support, support <- query, query <-
         support). k-shot: each support predicts; votes / max vote >= 0.5.
+Length: over 400 lines because both modes build their jobs here (images, CAMs read or computed,
+        support masks) beside the per-job forward and overlays they share.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 from stages.core import devices, distributed
 from stages.core.artifacts import open_artifact, read_manifest, run_items
+from stages.core.cache import TensorCache
 from stages.core.checkpoints import build_from_checkpoint, load_checkpoint
 from stages.core.datasets import open_dataset
 from stages.core.episodes import read_episodes
@@ -54,9 +56,9 @@ from stages.models.hsnet import (
     reference_architecture,
     vote,
 )
+from stages.params import RefineParams, resolve
 
 log = logging.getLogger(__name__)
-REFINERS = ("imr", "none", "mutual")
 
 
 # ----------------------------------------------------------------------------- model
@@ -93,28 +95,6 @@ def load_refiner(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn
                 f"{checkpoint} is not an {method} {backbone} state dict fsseg can map ({first})"
             ) from None
     return model.to(device).eval(), method, backbone
-
-
-class FeatureCache:
-    """LRU cache of backbone pyramids keyed by image; `capacity` 0 disables it."""
-
-    def __init__(self, backbone: torch.nn.Module, capacity: int):
-        self.backbone, self.capacity = backbone, capacity
-        self.store: OrderedDict[str, list[list[torch.Tensor]]] = OrderedDict()
-        self.hits = self.misses = 0
-
-    def __call__(self, key: str, tensor: Callable[[], torch.Tensor]):
-        if key in self.store:
-            self.hits += 1
-            self.store.move_to_end(key)
-            return self.store[key]
-        self.misses += 1
-        levels = self.backbone(tensor())
-        if self.capacity:
-            self.store[key] = levels
-            while len(self.store) > self.capacity:
-                self.store.popitem(last=False)
-        return levels
 
 
 # ----------------------------------------------------------------------------- episodes
@@ -187,6 +167,23 @@ def refine_one(
 
 
 # ----------------------------------------------------------------------------- stage
+@dataclass(frozen=True)
+class Run:
+    """What every job is run with: the loaded model, where and how it runs, the resolved record."""
+
+    model: torch.nn.Module
+    method: str  # the checkpoint's: "imr-hsnet" | "hsnet"
+    backbone: str
+    dev: torch.device
+    precision: str  # resolved: fp32, bf16 or fp16
+    fixed_support: bool  # pixel-labelled supports: kept as they are, never refined
+    p: RefineParams
+
+    def features(self, image: np.ndarray):
+        """The backbone's feature pyramid of an RGB image resized to `img_size`^2."""
+        return self.model.backbone(_to_tensor(image, self.p.img_size, self.backbone, self.dev))
+
+
 def run_refine(
     out_dir: str | Path,
     *,
@@ -198,167 +195,144 @@ def run_refine(
     label: str | None = None,
     support_masks: str | Path | None = None,
     cams: str | Path | None = None,
-    supervision: str = "label",
-    refiner: str = "imr",
-    steps: int = 2,
-    zero_shot: bool = False,
-    img_size: int = 400,
-    mask_size: str = "original",
-    cam_backend: str = "auto",
-    feature_cache: int = 64,
-    save_probs: bool = False,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
+    params: RefineParams | None = None,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    **changes: Any,
 ) -> Path:
-    if refiner not in REFINERS:
-        raise FssegError(f"--refiner {refiner!r} is not one of {', '.join(REFINERS)}")
-    if supervision not in ("label", "mask"):
-        raise FssegError(f"--supervision {supervision!r} is not label or mask")
-    if (episodes is None) == (query is None):
-        raise FssegError("pass either --episodes (benchmark mode) or --query (ad-hoc mode)")
-    if query is not None and not (support or zero_shot):
-        raise FssegError("--support DIR is needed with --query (or --zero-shot)")
-    if query is not None and support_masks is None and not label:
-        raise FssegError("--label is needed when the supports have no --support-masks (the class to find)")
-    if steps < 1:
-        raise FssegError(f"--steps must be at least 1, got {steps}")
-    if mask_size not in ("original", "input"):
-        raise FssegError(f"--mask-size {mask_size!r} is not original or input")
-    devices.seed_everything(seed)
-    dev = devices.resolve_device(device)
-    distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
-    devices.check_precision(precision, dev)
-    model, method, backbone = load_refiner(checkpoint, dev)
-    cam_artifact = None
-    if cams is not None:
-        cam_artifact = read_manifest(cams, "cams")
-    fixed_support = supervision == "mask" or support_masks is not None
+    """Refine the masks of every episode (benchmark mode) or of the query images (ad-hoc mode).
+    `changes` are field values of `params` (`steps=3` is `params=RefineParams(steps=3)`)."""
+    # 1. the record, and the rules between it and the inputs; seeded once, then the model on its device
+    p = resolve(RefineParams, params, changes)
+    _check_inputs(p, episodes, query, support, label, support_masks)
+    run = _start(p, checkpoint, fixed_support=p.supervision == "mask" or support_masks is not None)
 
-    benchmark = episodes is not None
-    doc = read_episodes(episodes) if benchmark else None
-    params: dict[str, Any] = {
-        "mode": "benchmark" if benchmark else "ad-hoc",
-        "method": method,
-        "backbone": backbone,
-        "refiner": refiner,
-        "steps": steps,
-        "supervision": "mask" if fixed_support else "label",
-        "zero_shot": zero_shot,
-        "img_size": img_size,
-        "mask_size": mask_size,
-        "label": label,
-        "precision": precision,
-        "cam_backend": cam_backend,
-        "feature_cache": feature_cache,
-        "save_probs": save_probs,
-        "root": str(root) if root else None,
-    }
+    # 2. the inputs, read before the artifact opens: a wrong one leaves no folder behind
+    cam_artifact = read_manifest(cams, "cams") if cams is not None else None
+    doc = read_episodes(episodes) if episodes is not None else None
     inputs = [checkpoint] + [
-        p for p in (episodes, cams, support, query, support_masks) if p and Path(p).exists()
+        path for path in (episodes, cams, support, query, support_masks) if path and Path(path).exists()
     ]
+
+    # 3. the artifact (a finished one is up to date; an unfinished one skips the jobs it has written)
     with open_artifact(
-        out_dir, kind="refine", stage="refine", params=params, inputs=inputs, seed=seed, overwrite=overwrite
+        out_dir,
+        kind="refine",
+        stage="refine",
+        params=p,
+        resolved=_resolved(run, benchmark=doc is not None, label=label, root=root),
+        inputs=inputs,
+        overwrite=overwrite,
     ) as art:
         if art.up_to_date:
             return art.path
-        jobs = (
-            _benchmark_jobs(doc, root, cams, cam_artifact, fixed_support, zero_shot, cam_backend, dev)
-            if benchmark
-            else _adhoc_jobs(
-                support, query, label, support_masks, cams, cam_artifact, zero_shot, cam_backend, dev
-            )
-        )
-        cache = FeatureCache(model.backbone, feature_cache)
+        if doc is not None:
+            jobs = _benchmark_jobs(doc, root, cams, cam_artifact, run)
+        else:
+            jobs = _adhoc_jobs(support, query, label, support_masks, cams, cam_artifact, run)
 
-        def work(job: Job) -> None:
-            with torch.no_grad(), devices.autocast(dev, precision):
-                _run_job(
-                    art,
-                    job,
-                    model,
-                    method,
-                    refiner,
-                    cache,
-                    backbone,
-                    img_size,
-                    dev,
-                    mask_size=mask_size,
-                    steps=steps,
-                    fixed_support=fixed_support,
-                    zero_shot=zero_shot,
-                    save_probs=save_probs,
-                )
-
-        run_items(art, jobs, done=lambda j: art.has(j.output), work=work, on_progress=on_progress)
-        log.info("feature cache: %d hits, %d misses", cache.hits, cache.misses)
+        # 4. every job not written yet, then the manifest
+        cache_stats = _run_jobs(art, jobs, run, on_progress)
         return art.finish(
             outputs={
-                "predictions": "pred" if benchmark else "masks",
+                "predictions": "pred" if doc is not None else "masks",
                 "steps": "steps",
                 "overlays": "overlays",
                 "episodes": len(jobs),
-                "feature_cache": {"hits": cache.hits, "misses": cache.misses},
+                "feature_cache": cache_stats,
             },
             label_map={"0": "background", "1": label or "foreground"},
-            device=devices.describe(dev),
+            device=devices.describe(run.dev),
         )
 
 
-def _run_job(
-    art,
-    job: Job,
-    model,
-    method,
-    refiner,
-    cache,
-    backbone,
-    size,
-    dev,
-    *,
-    mask_size,
-    steps,
-    fixed_support,
-    zero_shot,
-    save_probs,
-) -> None:
+def _check_inputs(p: RefineParams, episodes, query, support, label, support_masks) -> None:
+    """One mode, and what that mode needs: an error naming the missing option otherwise."""
+    if (episodes is None) == (query is None):
+        raise FssegError("pass either --episodes (benchmark mode) or --query (ad-hoc mode)")
+    if query is not None and not (support or p.zero_shot):
+        raise FssegError("--support DIR is needed with --query (or --zero-shot)")
+    if query is not None and support_masks is None and not label:
+        raise FssegError("--label is needed when the supports have no --support-masks (the class to find)")
+
+
+def _start(p: RefineParams, checkpoint: str | Path, *, fixed_support: bool) -> Run:
+    """Seeded once, before anything is built; the device, the processes, the precision, the model."""
+    devices.seed_everything(p.seed)
+    dev = devices.resolve_device(p.device)
+    distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
+    precision = devices.resolve_precision(p.precision, dev)
+    model, method, backbone = load_refiner(checkpoint, dev)
+    return Run(model, method, backbone, dev, precision, fixed_support, p)
+
+
+def _resolved(run: Run, *, benchmark: bool, label: str | None, root: str | Path | None) -> dict[str, Any]:
+    """What the run settled beyond its parameters, for the manifest."""
+    return {
+        "mode": "benchmark" if benchmark else "ad-hoc",
+        "method": run.method,
+        "backbone": run.backbone,
+        "supervision": "mask" if run.fixed_support else "label",
+        "label": label,
+        "precision": run.precision,
+        "root": str(root) if root else None,
+    }
+
+
+def _run_jobs(art, jobs: list[Job], run: Run, on_progress) -> dict[str, int]:
+    """Every job not written yet, each image's backbone features computed once (LRU); the cache's stats."""
+    cache = TensorCache(run.p.feature_cache_mb)
+
+    def work(job: Job) -> None:
+        with torch.no_grad(), devices.autocast(run.dev, run.precision):
+            _run_job(art, job, run, cache)
+
+    run_items(art, jobs, done=lambda j: art.has(j.output), work=work, on_progress=on_progress)
+    stats = cache.stats()
+    log.info("feature cache: %(hits)d hits, %(misses)d misses, %(entries)d images, %(bytes)d bytes", stats)
+    return stats
+
+
+def _run_job(art, job: Job, run: Run, cache: TensorCache) -> None:
+    """Refine a query with each of its supports: the steps, the overlay, the probabilities if asked,
+    and last the voted mask (its file marks the job done)."""
+    p = run.p
+    size = p.img_size
     q_image, q_initial = job.query.load()
-    q_levels = cache(job.query.key, lambda: _to_tensor(q_image, size, backbone, dev))
-    q_mask = initial_mask(q_initial, size, pixel=False).to(dev)
-    shape = q_image.shape[:2] if mask_size == "original" else (size, size)
+    q_levels = cache(job.query.key, lambda: run.features(q_image))
+    q_mask = initial_mask(q_initial, size, pixel=False).to(run.dev)
+    shape = q_image.shape[:2] if p.mask_size == "original" else (size, size)
     shot_masks: list[np.ndarray] = []
     probs = np.zeros(shape, np.float32)
     tiles: list[list[np.ndarray]] = []
     for k, shot in enumerate(job.supports or [job.query]):
         s_image, s_initial = shot.load()
-        s_levels = cache(shot.key, lambda img=s_image: _to_tensor(img, size, backbone, dev))
+        s_levels = cache(shot.key, lambda img=s_image: run.features(img))
         q_steps, s_steps = refine_one(
-            model,
-            method,
-            refiner,
+            run.model,
+            run.method,
+            p.refiner,
             q_levels,
             s_levels,
             q_mask,
-            initial_mask(s_initial, size, pixel=fixed_support and not zero_shot).to(dev),
-            steps=steps,
-            fixed_support=fixed_support,
-            zero_shot=zero_shot,
+            initial_mask(s_initial, size, pixel=run.fixed_support and not p.zero_shot).to(run.dev),
+            steps=p.steps,
+            fixed_support=run.fixed_support,
+            zero_shot=p.zero_shot,
         )
         shot_masks.append(final_mask(q_steps[-1], shape))
-        if save_probs:
+        if p.save_probs:
             probs += _fg(q_steps[-1], shape) / max(len(job.supports), 1)
         for t, (lq, ls) in enumerate(zip(q_steps, s_steps, strict=True), 1):
             write_label(art.file(f"steps/t{t}/query/{job.id}_s{k}.png"), final_mask(lq, shape))
-            if ls is not None and not zero_shot:
+            if ls is not None and not p.zero_shot:
                 write_label(
                     art.file(f"steps/t{t}/support/{job.id}_s{k}.png"), final_mask(ls, s_image.shape[:2])
                 )
         if k == 0:
-            tiles = _evolution((q_image, q_initial), (s_image, s_initial), q_steps, s_steps, zero_shot)
+            tiles = _evolution((q_image, q_initial), (s_image, s_initial), q_steps, s_steps, p.zero_shot)
     write_jpeg(art.file(f"overlays/{job.id}.jpg"), _grid(tiles))
-    if save_probs:
+    if p.save_probs:
         from stages.core.imageio import save_float_map
 
         save_float_map(art.file(f"probs/{job.id}.npy"), probs)
@@ -474,7 +448,8 @@ def _computer(
     return lambda image, label: engine([image], [label])[0] if label in usable else None
 
 
-def _benchmark_jobs(doc, root, cams_dir, artifact, fixed_support, zero_shot, backend, dev) -> list[Job]:
+def _benchmark_jobs(doc, root, cams_dir, artifact, run: Run) -> list[Job]:
+    fixed_support, zero_shot, backend, dev = run.fixed_support, run.p.zero_shot, run.p.cam_backend, run.dev
     ds = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
     if doc["protocol"] == "gfss":
         raise FssegError("refine scores fss episodes; these are gfss episodes (use finetune-episode)")
@@ -514,9 +489,8 @@ def _benchmark_jobs(doc, root, cams_dir, artifact, fixed_support, zero_shot, bac
     ]
 
 
-def _adhoc_jobs(
-    support, query, label, support_masks, cams_dir, artifact, zero_shot, backend, dev
-) -> list[Job]:
+def _adhoc_jobs(support, query, label, support_masks, cams_dir, artifact, run: Run) -> list[Job]:
+    zero_shot, backend, dev = run.p.zero_shot, run.p.cam_backend, run.dev
     compute = (
         None
         if artifact is not None or (support_masks is not None and not label)

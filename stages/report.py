@@ -184,7 +184,9 @@ def _section(index: int, folder: Path, manifest: dict, run_dir: Path, by_path: d
         inputs.append(f"<li><code>{_esc(path)}</code>{link}</li>")
     if inputs:
         out.append(f"<p>Inputs:</p><ul>{''.join(inputs)}</ul>")
-    params = manifest.get("params") or {}
+    params = dict(manifest.get("params") or {})
+    for group in ("resolved", "settings"):  # what the run settled, and what may change on a rerun
+        params |= {f"{group}.{k}": v for k, v in (manifest.get(group) or {}).items()}
     out.append(f"<details><summary>{len(params)} parameters</summary>"
                + _table([{"parameter": k, "value": v} for k, v in sorted(params.items())]) + "</details>")  # fmt: skip
     if kind == "metrics":

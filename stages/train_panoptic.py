@@ -4,14 +4,13 @@ Reads:  a pseudo-label artifact (`--pseudo`) and, through its manifest, the data
         annotated images label-gen learnt from (their ground truth joins every batch).
 Writes: `checkpoints/last.pt` (resume state), `checkpoints/best.pt` (best validation PQ, or the
         last epoch without validation), `log.jsonl`, `loss.png`, `manifest.json` (kind "panoptic-model").
-        Predict mode (`run_predict_panoptic`): the panoptic forms of pseudo-label for a split
-        (kind "panoptic-pred"), for `fsseg evaluate --task panoptic`.
+        `fsseg predict-panoptic` (stages/predict_panoptic.py) writes the model's predictions.
 Algorithm: semantic head (bootstrapped CE, hardest 20%), center heatmap (MSE against Gaussians of
         sigma 8 at instance centres of mass, weight 200), offsets to the centre (L1 on thing pixels,
         weight 0.01); Adam with poly decay (power 0.9); hflip + colour jitter 0.2. Mixed batches:
         each batch of size B >= 2 holds B - 1 pseudo-labelled samples and one ground-truth sample;
         with B = 1 pseudo-labelled and ground-truth batches alternate. An epoch is one pass over the
-        pseudo-labels.
+        pseudo-labels. Random streams per epoch: the batches, and each rank's augmentation.
 """
 
 from __future__ import annotations
@@ -20,18 +19,19 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from stages.core import devices, distributed, training
-from stages.core.artifacts import open_artifact, read_manifest, run_items
-from stages.core.checkpoints import build_from_checkpoint
+from stages.core.artifacts import open_artifact, read_manifest
 from stages.core.datasets import open_dataset
 from stages.core.errors import FssegError
 from stages.core.imageio import read_label
 from stages.core.metrics import ConfusionMatrix, PanopticQuality
 from stages.core.panoptic import PanopticWriter, cityscapes_form, from_instance_ids, instances_of
+from stages.core.training import NO_SCORE
 from stages.core.validation import checked_label
 from stages.core.weights import backbone_weights_fit
 from stages.models.spino import (
@@ -39,13 +39,12 @@ from stages.models.spino import (
     bootstrapped_ce,
     colour_jitter,
     input_size,
-    panoptic_inference,
+    predict_panoptic,
     to_unit,
 )
+from stages.params import TrainPanopticParams, resolve
 
 log = logging.getLogger(__name__)
-
-BACKBONES = ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "resnet50", "efficientnet_lite0", "tiny")
 
 
 def mixed_batches(
@@ -142,23 +141,6 @@ def panoptic_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], 
     return semantic + 200 * center + 0.01 * offset
 
 
-def predict(
-    model, x: torch.Tensor, things, out_hw: tuple[int, int], device, precision
-) -> tuple[np.ndarray, np.ndarray]:
-    """(class map, instances) at `out_hw` for one normalised input (1, 3, h, w)."""
-    with torch.no_grad(), devices.autocast(device, precision):
-        out = model(x.to(device))
-    classes, instances = panoptic_inference(
-        out["semantic"][0].float(), out["center"][0].float(), out["offset"][0].float(), things
-    )
-    size = out_hw[::-1]
-    import cv2
-
-    classes = cv2.resize(classes.cpu().numpy().astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
-    instances = cv2.resize(instances.cpu().numpy().astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
-    return classes, instances
-
-
 def validate(model, ds, hw, ids, dist, device, precision) -> dict[str, float]:
     """PQ / SQ / RQ and mIoU (%) on ground truth (dataset instances, or connected components)."""
     label_ids, void = ds.panoptic_labels()
@@ -171,7 +153,7 @@ def validate(model, ds, hw, ids, dist, device, precision) -> dict[str, float]:
         label, gt_instances = ds.load_panoptic(sample)
         checked_label(ds, sample, label, image.shape)
         x = model.backbone.normalise(to_unit(image, hw))
-        classes, instances = predict(model, x, ds.things, label.shape, device, precision)
+        classes, instances = predict_panoptic(model, x, ds.things, label.shape, device, precision)
         cm.update(classes, label, ds.ignore_index)
         gt = from_instance_ids(
             cityscapes_form(label, gt_instances, label_ids, ds.ignore_index, void), categories
@@ -180,213 +162,159 @@ def validate(model, ds, hw, ids, dist, device, precision) -> dict[str, float]:
             cityscapes_form(classes, instances, label_ids, ds.ignore_index, void), categories
         )
         pq.update(gt, pred)
-    parts = distributed.all_gather_objects((pq, cm), dist)
-    pq, cm = parts[0]
-    for other_pq, other_cm in parts[1:]:
-        pq, cm = pq + other_pq, cm + other_cm
+    pq, cm = distributed.summed(pq, dist), distributed.summed(cm, dist)
     res = pq.results(categories)["all"]
     return {"pq": 100 * res["pq"], "sq": 100 * res["sq"], "rq": 100 * res["rq"], "miou": 100 * cm.miou()}
 
 
-def run_train_panoptic(
-    out_dir: str | Path,
-    *,
-    pseudo: str | Path,
-    backbone: str = "dinov2_vitb14",
-    backbone_weights: str = "auto",
-    size: int | None = None,
-    epochs: int = 20,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    mixed: bool = True,
-    val_split: str | None = None,
-    val_images: int | None = None,
-    tiny: bool = False,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    overwrite: bool = False,
-    on_progress: Callable[..., None] | None = None,
-) -> Path:
-    """Train on a pseudo-label artifact; returns the artifact folder."""
-    if backbone not in BACKBONES:
-        raise FssegError(f"--backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
-    if epochs < 1 or batch_size < 1:
-        raise FssegError("--epochs and --batch-size must be at least 1")
-    pseudo_dir = Path(pseudo)
-    made = read_manifest(pseudo_dir, "pseudo-label")["params"]
+def _read_pseudo_labels(pseudo_dir: Path) -> tuple[Any, Any, list[str], list[str]]:
+    """(dataset of the pseudo-labels, dataset of the annotated images, pseudo-labelled ids,
+    annotated ids) of a pseudo-label artifact."""
+    manifest = read_manifest(pseudo_dir, "pseudo-label")
+    made = manifest.get("resolved") or manifest["params"]  # artifacts before fsseg recorded `resolved`
     ds = open_dataset(made["dataset"], made["root"], made["split"])
     gt_ds = open_dataset(made["label_gen_dataset"], made["label_gen_root"], made["label_gen_split"])
     if gt_ds.num_classes != ds.num_classes:
         raise FssegError(
             f"{pseudo_dir}: the annotated images and the pseudo-labels use different class lists"
         )
-    pseudo_ids = sorted(
-        p.name[: -len("_gtFine_instanceIds.png")]
-        for p in (pseudo_dir / "cityscapes").glob("*_gtFine_instanceIds.png")
-    )
+    suffix = "_gtFine_instanceIds.png"
+    pseudo_ids = sorted(f.name[: -len(suffix)] for f in (pseudo_dir / "cityscapes").glob(f"*{suffix}"))
     if not pseudo_ids:
         raise FssegError(
-            f"{pseudo_dir} holds no pseudo-labels (cityscapes/*_gtFine_instanceIds.png); rerun fsseg pseudo-label"
+            f"{pseudo_dir} holds no pseudo-labels (cityscapes/*{suffix}); rerun fsseg pseudo-label"
         )
-    gt_ids = list(made["annotated_ids"]) if mixed else []
-    dev = devices.resolve_device(device)
+    return ds, gt_ds, pseudo_ids, list(made["annotated_ids"])
+
+
+# one random stream per purpose (`training.derived_seed(seed, stream, ...)`)
+BATCHES_STREAM, AUGMENT_STREAM = 1, 2
+
+
+class MixedBatches:
+    """The tensors of one mixed batch: ("pseudo", i) is the i-th pseudo-labelled image, ("gt", i)
+    the i-th annotated one; images normalised for the backbone, on `device`."""
+
+    def __init__(self, pseudo: PanopticData, pseudo_ids, gt: PanopticData, gt_ids, normalise, device):
+        self.sources = {"pseudo": (pseudo, pseudo.pseudo, pseudo_ids), "gt": (gt, gt.ground_truth, gt_ids)}
+        self.normalise, self.device = normalise, device
+
+    def load(self, batch: list[tuple[str, int]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        items = []
+        for source, i in batch:
+            data, read, ids = self.sources[source]
+            items.append(data.tensors(*read(ids[i]), rng))
+        tensors = {key: torch.stack([t[key] for t in items]).to(self.device) for key in items[0]}
+        return tensors | {"image": self.normalise(tensors["image"])}
+
+
+def _epoch_batches(p: TrainPanopticParams, epoch: int, n_pseudo: int, n_gt: int, dist):
+    """(this rank's batches of `epoch`, padded to the same step count on every rank for DDP; this
+    rank's augmentation stream)."""
+    rng = np.random.default_rng(training.derived_seed(p.seed, BATCHES_STREAM, epoch))
+    batches = mixed_batches(n_pseudo, n_gt, p.batch_size, rng)
+    mine = distributed.shard(batches, dist)
+    mine += mine[: -(-len(batches) // dist.world_size) - len(mine)]
+    return mine, np.random.default_rng(training.derived_seed(p.seed, AUGMENT_STREAM, epoch, dist.rank))
+
+
+def _train_epoch(net, optimizer, batches, loader: MixedBatches, rng, *, lr, first_it, total, ignore, dev,
+                 precision, on_progress, status: str) -> tuple[float, float]:  # fmt: skip
+    """One pass over this rank's `batches` (augmented with `rng`), poly LR per step; returns (mean
+    loss, seconds). Progress reads "`status` loss L" (L the epoch's running mean)."""
+    started, losses = time.time(), []
+    net.train()
+    for b, batch in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = training.poly_lr(lr, first_it + b, total)
+        tensors = loader.load(batch, rng)
+        with devices.autocast(dev, precision):
+            out = net(tensors["image"])
+        loss = panoptic_loss(out, tensors, ignore)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if on_progress is not None:
+            on_progress(first_it + b + 1, total, status=f"{status} loss {np.mean(losses):.3f}")
+    return float(np.mean(losses)), round(time.time() - started, 2)
+
+
+def run_train_panoptic(
+    out_dir: str | Path,
+    *,
+    pseudo: str | Path,
+    params: TrainPanopticParams | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[..., None] | None = None,
+    **changes: Any,
+) -> Path:
+    """Train on the pseudo-label artifact `pseudo`; returns the artifact folder. `changes` are
+    field values of `params` (`epochs=2` is `params=TrainPanopticParams(epochs=2)`)."""
+    p = resolve(TrainPanopticParams, params, changes)
+    pseudo_dir = Path(pseudo)
+    ds, gt_ds, pseudo_ids, annotated_ids = _read_pseudo_labels(pseudo_dir)
+    gt_ids = annotated_ids if p.mixed else []
+    dev = devices.resolve_device(p.device)
     dist = distributed.init_distributed(dev.type)
-    devices.check_precision(precision, dev)
-    model_kwargs = {"backbone": backbone, "num_classes": ds.num_classes}
-    if tiny:
+    precision = devices.resolve_precision(p.precision, dev)
+    model_kwargs = {"backbone": p.backbone, "num_classes": ds.num_classes}
+    if p.tiny:
         model_kwargs |= {"channels": 16, "head_channels": 8}
     first = ds.load_image(ds.sample(pseudo_ids[0]))
-    params = {
-        "backbone": backbone, "backbone_weights": backbone_weights, "size": size, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "mixed": mixed, "val_split": val_split, "val_images": val_images,
-        "tiny": tiny, "precision": precision, "pseudo_images": len(pseudo_ids), "ground_truth_ids": gt_ids,
-    }  # fmt: skip
+    resolved = {"precision": precision, "pseudo_images": len(pseudo_ids), "ground_truth_ids": gt_ids}
     with open_artifact(
-        out_dir, kind="panoptic-model", stage="train-panoptic", params=params, inputs=[pseudo_dir], seed=seed,
-        overwrite=overwrite,
+        out_dir, kind="panoptic-model", stage="train-panoptic", params=p, resolved=resolved,
+        inputs=[pseudo_dir], overwrite=overwrite,
     ) as art:  # fmt: skip
         if art.up_to_date:
             return art.path
-        devices.seed_everything(seed)
-        with backbone_weights_fit(backbone_weights, backbone):
-            model = PanopticDeepLab(**model_kwargs, backbone_weights=backbone_weights).to(dev)
-        hw = input_size(first.shape[:2], size, model.backbone.multiple)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=lr)
-        start_epoch, best, history = training.resume(
-            art.path / "checkpoints" / "last.pt", model, optimizer, dev
-        )
+        # 1. model, optimizer, resume state, data
+        devices.seed_everything(p.seed)
+        with backbone_weights_fit(p.backbone_weights, p.backbone):
+            model = PanopticDeepLab(**model_kwargs, backbone_weights=p.backbone_weights).to(dev)
+        hw = input_size(first.shape[:2], p.size, model.backbone.multiple)
+        optimizer = torch.optim.Adam([w for w in model.parameters() if w.requires_grad], lr=p.lr)
+        last = art.path / "checkpoints" / "last.pt"
+        start_epoch, best, history = training.resume(last, model, optimizer, dev)
         net = torch.nn.parallel.DistributedDataParallel(model) if dist.enabled else model
-        data = PanopticData(ds, pseudo_dir, hw)
-        gt_data = PanopticData(gt_ds, pseudo_dir, hw)
-        val_ds = open_dataset(ds.name, ds.root, val_split) if val_split else None
-        val_ids = [s.id for s in val_ds.samples()][: val_images or None] if val_ds else []
-        per_epoch = len(mixed_batches(len(pseudo_ids), len(gt_ids), batch_size, np.random.default_rng(0)))
-        per_rank = -(-per_epoch // dist.world_size)
-        total = epochs * per_rank
-        for epoch in range(start_epoch, epochs):
-            rng = np.random.default_rng([seed, epoch])
-            batches = mixed_batches(len(pseudo_ids), len(gt_ids), batch_size, rng)
-            mine = distributed.shard(batches, dist)
-            mine += mine[: per_rank - len(mine)]  # equal step counts on every rank (DDP)
-            aug = np.random.default_rng([seed, epoch, dist.rank])
-            model.train()
-            started, losses = time.time(), []
-            for b, batch in enumerate(mine):
-                it = epoch * per_rank + b
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * (1 - it / total) ** 0.9
-                items = [
-                    data.tensors(*data.pseudo(pseudo_ids[i]), aug)
-                    if source == "pseudo"
-                    else gt_data.tensors(*gt_data.ground_truth(gt_ids[i]), aug)
-                    for source, i in batch
-                ]
-                tensors = {key: torch.stack([t[key] for t in items]).to(dev) for key in items[0]}
-                x = model.backbone.normalise(tensors["image"])
-                with devices.autocast(dev, precision):
-                    out = net(x)
-                loss = panoptic_loss(out, tensors, ds.ignore_index)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                if on_progress is not None:
-                    status = f"epoch {epoch + 1}/{epochs} loss {np.mean(losses):.3f}"
-                    on_progress(
-                        it + 1, total, status=status + (f" best val PQ {best:.1f}" if best >= 0 else "")
-                    )
+        data, gt_data = PanopticData(ds, pseudo_dir, hw), PanopticData(gt_ds, pseudo_dir, hw)
+        loader = MixedBatches(data, pseudo_ids, gt_data, gt_ids, model.backbone.normalise, dev)
+        val_ds = open_dataset(ds.name, ds.root, p.val_split) if p.val_split else None
+        val_ids = [s.id for s in val_ds.samples()][: p.val_images or None] if val_ds else []
+        for epoch in range(start_epoch, p.epochs):
+            # 2. one epoch of mixed batches
+            mine, aug = _epoch_batches(p, epoch, len(pseudo_ids), len(gt_ids), dist)
+            status = f"epoch {epoch + 1}/{p.epochs}" + (f" best val PQ {best:.1f}" if best > NO_SCORE else "")
+            loss, seconds = _train_epoch(
+                net, optimizer, mine, loader, aug, lr=p.lr, first_it=epoch * len(mine),
+                total=p.epochs * len(mine), ignore=ds.ignore_index, dev=dev, precision=precision,
+                on_progress=on_progress, status=status,
+            )  # fmt: skip
+            # 3. validate, keep the best (PQ in percent), checkpoint
             val = validate(model, val_ds, hw, val_ids, dist, dev, precision) if val_ds else {}
-            row = {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "seconds": round(time.time() - started, 2),
-            }
+            row = {"epoch": epoch + 1, "loss": loss, "seconds": seconds}
             row |= {f"val_{k}": v for k, v in val.items()} or {"val_pq": None}
             history.append(row)
-            improved = not val or val["pq"] > best
-            best = max(best, val["pq"]) if val else best
+            better, best = training.improved(val.get("pq"), best)
             log.info(
-                "epoch %d/%d: loss %.4f%s", epoch + 1, epochs, row["loss"], f", val {val}" if val else ""
+                "epoch %d/%d: loss %.4f%s", epoch + 1, p.epochs, row["loss"], f", val {val}" if val else ""
             )
-            training.end_epoch(art, model, "panoptic_deeplab", model_kwargs, optimizer, history, best, improved, dist,
-                      extra={"size_hw": list(hw), "things": list(ds.things)}, score_key="val_pq")  # fmt: skip
+            training.end_epoch(
+                art, model, "panoptic_deeplab", model_kwargs, optimizer, history, best, better, dist,
+                extra={"size_hw": list(hw), "things": list(ds.things)}, score_key="val_pq",
+            )  # fmt: skip
         if dist.is_main:
-            training.loss_png(
-                art.file("loss.png"),
-                history,
-                title="train-panoptic",
-                score_key="val_pq",
-                score_label="val PQ (%)",
-            )
-        checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+            training.loss_png(art.file("loss.png"), history, title="train-panoptic", score_key="val_pq",
+                              score_label="val PQ (%)")  # fmt: skip
+        checksum = float(sum(w.detach().double().sum() for w in model.parameters()))
         return art.finish(
             outputs={
                 "best": "checkpoints/best.pt", "last": "checkpoints/last.pt", "log": "log.jsonl",
-                "pseudo_images": len(pseudo_ids), "ground_truth_images": len(gt_ids),
-                "best_val_pq": None if best < 0 else best, "history": history,
+                "pseudo_images": len(pseudo_ids), "ground_truth_images": len(gt_ids), "input_hw": list(hw),
+                "best_val_pq": None if best == NO_SCORE else best, "history": history,
                 "rank_weight_checksums": distributed.all_gather_objects(checksum, dist),
             },
             label_map=ds.class_names,
             device=devices.describe(dev),
         )  # fmt: skip
-
-
-def run_predict_panoptic(
-    out_dir: str | Path,
-    *,
-    checkpoint: str | Path,
-    dataset: str,
-    root: str | Path,
-    split: str | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    overwrite: bool = False,
-    on_progress: Callable[..., None] | None = None,
-) -> Path:
-    """Panoptic predictions of a trained model for every image of a split."""
-    ds = open_dataset(dataset, root, split)
-    dev = devices.resolve_device(device)
-    distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
-    params = {
-        "dataset": dataset,
-        "root": str(Path(root).resolve()),
-        "split": ds.split,
-        "precision": precision,
-    }
-    with open_artifact(
-        out_dir, kind="panoptic-pred", stage="train-panoptic --predict", params=params, inputs=[checkpoint],
-        overwrite=overwrite,
-    ) as art:  # fmt: skip
-        if art.up_to_date:
-            return art.path
-        model, ckpt = build_from_checkpoint(checkpoint, dev)
-        if ckpt["model_name"] != "panoptic_deeplab":
-            raise FssegError(
-                f"{checkpoint} holds a {ckpt['model_name']!r} model; pass a train-panoptic checkpoint"
-            )
-        if ckpt["model_kwargs"]["num_classes"] != ds.num_classes:
-            raise FssegError(
-                f"{checkpoint} predicts {ckpt['model_kwargs']['num_classes']} classes but {dataset} has "
-                f"{ds.num_classes}; pass the dataset the model was trained on"
-            )
-        model.to(dev).eval()
-        hw = tuple(ckpt["size_hw"])
-        writer = PanopticWriter(ds)
-        ids = [s.id for s in ds.samples()]
-
-        def work(sample_id: str) -> None:
-            image = ds.load_image(ds.sample(sample_id))
-            x = model.backbone.normalise(to_unit(image, hw))
-            writer.write(
-                art, sample_id, image, *predict(model, x, ds.things, image.shape[:2], dev, precision)
-            )
-
-        run_items(art, ids, lambda i: art.has(writer.done_file(i)), work, on_progress)
-        writer.write_coco_json(art, ids)
-        return art.finish(
-            outputs={"images": len(ids), "cityscapes": "cityscapes/", "coco_panoptic": "panoptic.json"},
-            label_map=ds.class_names,
-            device=devices.describe(dev),
-        )

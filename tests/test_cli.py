@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -29,13 +30,18 @@ def test_help_imports_no_heavy_modules(args):
 
 def test_help_lists_stage_commands_only():
     proc = run_fsseg("--help", check=True)
-    assert "evaluate" in proc.stdout and "info" in proc.stdout
+    panel = proc.stdout.split("Commands", 1)[1]
+    listed = set(re.findall(r"^\W ([a-z][a-z0-9-]+)\s{2,}\S", panel, re.M))
+    stages = {"clip-cam", "pretrain", "refine", "finetune-episode", "label-gen", "pseudo-label"}
+    stages |= {"train-panoptic", "predict-panoptic", "evaluate", "report", "data", "info"}
+    assert listed == stages
 
 
 def test_info_reports_versions_devices_and_weights():
     proc = run_fsseg("info", check=True)
     out = proc.stdout
     assert "torch" in out and "devices" in out
+    assert "precision (--precision auto)" in out and ("fp32" in out or "bf16" in out)  # what auto picks
     assert "EfficientNet-Lite0 ImageNet" in out
     # the offline ImageNet weights ship with a dependency, so they must be found
     line = next(line for line in out.splitlines() if "EfficientNet-Lite0 ImageNet" in line)

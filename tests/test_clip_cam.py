@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stages.core import devices
 from stages.models import cam as cams
 from stages.models.imagenet_labels import TABLE, imagenet_categories, imagenet_classes
 from tests.conftest import error_line, run_fsseg, shared_data
@@ -126,10 +127,13 @@ def test_demo_photos_heat_on_the_object(photos, tmp_path):
     h, w = cam.shape
     assert cam[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].mean() > 2 * cam[:, : w // 8].mean()
     manifest = json.loads((out / "manifest.json").read_text())
-    params = manifest["params"]
-    assert manifest["kind"] == "cams" and params["backend"] == "imagenet" and params["label"] == "cat"
+    params, resolved = manifest["params"], manifest["resolved"]
+    assert manifest["kind"] == "cams" and resolved["backend"] == "imagenet" and resolved["label"] == "cat"
+    assert params["backend"] == "auto" and resolved["precision"] == devices.resolve_precision(
+        "auto", torch.device("cpu")
+    )
     assert (
-        params["method"] == "gradcam" and params["threshold"] == 0.5 and "efficientnet" in params["weights"]
+        params["method"] == "gradcam" and params["threshold"] == 0.5 and "efficientnet" in resolved["weights"]
     )
     again = run_fsseg("clip-cam", "--images", photos / "cat", "--label", "cat", "--out", out, check=True)
     assert "up to date" in again.stderr
@@ -181,7 +185,7 @@ def test_clip_backends_dense_and_local_checkpoint(photos, tmp_path):
         out,
         check=True,
     )
-    params = json.loads((out / "manifest.json").read_text())["params"]
+    params = json.loads((out / "manifest.json").read_text())["resolved"]
     assert params["backend"] == "clip" and params["weights"] == str(weights) and params["score"] == "softmax"
     assert params["templates"] == ["a photo of a {}."] and "cat" in params["classes"]
     for method in ("dense", "layercam"):
@@ -242,7 +246,7 @@ def test_dataset_mode_one_cam_per_image_and_class(tmp_path):
     assert np.load(out / "cams" / "2011_000003__5.npy").shape == (50, 50)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outputs"]["items"]["2011_000006__18"]["label"] == "sofa"
-    assert manifest["params"]["score"] == "softmax" and len(manifest["params"]["classes"]) == 20
+    assert manifest["resolved"]["score"] == "softmax" and len(manifest["resolved"]["classes"]) == 20
     skipped = run_fsseg(
         "clip-cam",
         "--dataset",

@@ -1,11 +1,14 @@
 """Crashes and interrupts: a killed `--overwrite` run is settled by the next run, SIGTERM is
 handled like Ctrl-C, temp files of killed writes are cleaned up and never read as items, a
-resumed clip-cam is bit-exact, and error text is shown as written (square brackets too).
+resumed clip-cam is bit-exact, every training and labelling stage killed with `kill -9` and run
+again ends as an uninterrupted run, and error text is shown as written (square brackets too).
 
 The real `kill -9` tests run the `fsseg` command in a subprocess and are marked slow."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -13,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +38,7 @@ from stages.core.artifacts import (
 )
 from stages.core.errors import FssegError
 from stages.core.imageio import list_images
-from tests.conftest import FSSEG, error_line, run_fsseg
+from tests.conftest import FSSEG, error_line, make_street_tree, make_voc_tree, run_fsseg
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -368,29 +373,41 @@ def reference(cam_images):
     return out
 
 
-def _start(*args: object) -> subprocess.Popen:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    env.pop("FSSEG_DEBUG", None)
+def _start(*args: object, env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    full_env.pop("FSSEG_DEBUG", None)
     return subprocess.Popen(
-        [str(FSSEG), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [str(FSSEG), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
     )
+
+
+def _finished(folder: Path, pattern: str) -> list[Path]:
+    """The files under `folder` matching `pattern`, without temp files (finished items)."""
+    return sorted(p for p in folder.glob(pattern) if not is_temp_file(p))
+
+
+def _signal_when(proc: subprocess.Popen, ready: Callable[[], bool], sig: int, what: str) -> str:
+    """Send `sig` once `ready()` holds; return stderr. Fails if the run ended first."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, f"the run ended before {what}:\n" + proc.communicate()[1]
+        assert time.monotonic() < deadline, f"no {what} in time"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, f"the run finished before the signal (sent after {what}); make it longer"
+    return err
 
 
 def _stop_midway(proc: subprocess.Popen, out: Path, sig: int, after: int = 8, overwrite: bool = False) -> str:
     """Send `sig` once the run wrote `after` CAMs (with `overwrite`: after it set the old folder
     aside); return stderr. Fails if the run ended first."""
-    deadline = time.monotonic() + 300
 
-    def started() -> bool:
-        return not overwrite or any(out.parent.glob(f".{out.name}.replaced-*"))
+    def ready() -> bool:
+        started = not overwrite or any(out.parent.glob(f".{out.name}.replaced-*"))
+        return started and len(_finished(out, "cams/*.npy")) >= after
 
-    while not started() or len([p for p in (out / "cams").glob("*.npy") if not is_temp_file(p)]) < after:
-        assert proc.poll() is None, "the run ended before it could be stopped:\n" + proc.communicate()[1]
-        assert time.monotonic() < deadline, "no CAMs written in time"
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, "the run finished before the signal; use more images"
+    err = _signal_when(proc, ready, sig, f"{after} CAMs were written")
     assert overwrite or not (out / MANIFEST_NAME).exists()
     return err
 
@@ -453,3 +470,210 @@ def test_kill9_then_resume_is_bit_exact_and_leaves_no_temp_files(cam_images, ref
         assert sorted(ours) == sorted(theirs) and len(ours) == 60
         differ = [name for name in ours if ours[name] != theirs[name]]
         assert differ == [], f"{sub} differ from an uninterrupted run: {differ}"
+
+
+# ----------------------------------------------------------------------------- kill -9, every stage (slow)
+TINY = ("--backbone", "tiny", "--backbone-weights", "random", "--device", "cpu", "--seed", 3)
+# wall-clock fields, and what a run did rather than what it made: the only allowed differences
+VOLATILE = {"seconds", "feature_seconds", "train_seconds", "labelled_by_rank0", "wall_time_s", "created_utc"}
+LAST = ("checkpoints/last.pt", 1)  # kill once the first epoch's resume state is written
+
+
+@pytest.fixture(scope="module")
+def voc_data(tmp_path_factory):
+    """A tiny VOC tree, stand-in CAMs (random, 8x8) of every (image, class) and fold-1 val episodes."""
+    base = tmp_path_factory.mktemp("crash-voc")
+    root = make_voc_tree(base / "VOC2012")
+    rng = np.random.default_rng(0)
+    (base / "cams" / "cams").mkdir(parents=True)
+    for i in range(12):  # the classes make_voc_tree draws
+        for cls in {1 + i % 2} | ({8} if i % 3 == 0 else set()):
+            np.save(base / "cams" / "cams" / f"im{i:02d}__{cls}.npy", rng.random((8, 8)).astype(np.float16))
+    (base / "cams" / MANIFEST_NAME).write_text(
+        json.dumps({"kind": "cams", "stage": "clip-cam", "outputs": {}})
+    )
+    env = {"FSSEG_CACHE": str(base / "cache")}
+    run_fsseg("data", "episodes", "pascal", "--root", root, "--split", "all", "--fold", 1, "--n", 4,
+              "--min-area", 100, "--out", base / "episodes.json", env=env, check=True)  # fmt: skip
+    return {"root": root, "cams": base / "cams", "episodes": base / "episodes.json", "env": env}
+
+
+@pytest.fixture(scope="module")
+def street_data(tmp_path_factory):
+    """A street scene dataset (16 images), label-gen heads on 3 of them and the pseudo-labels of the other 13."""
+    base = tmp_path_factory.mktemp("crash-street")
+    root = make_street_tree(base / "street", n=16)
+    env = {"FSSEG_CACHE": str(base / "cache")}
+    run_fsseg("label-gen", "folder", "--root", root, "--k", 3, "--views", 1, "--epochs-semantic", 2,
+              "--epochs-boundary", 1, *TINY, "--out", base / "heads", env=env, check=True)  # fmt: skip
+    run_fsseg("pseudo-label", "folder", "--root", root, "--heads", base / "heads", "--min-segment", 20,
+              "--device", "cpu", "--out", base / "pseudo", env=env, check=True)  # fmt: skip
+    return {"root": root, "heads": base / "heads", "pseudo": base / "pseudo", "env": env}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage's command, when to kill it, and how a rerun resumes.
+
+    `args`: the command line; "{key}" stands for the path `key` of its data fixture (`data`).
+    `ready`: (glob under --out, count): the run is killed once that many finished files match.
+    `resumes`: "epochs" (continues after the epochs in checkpoints/last.pt), "items" (redoes only
+    the items not written), or None (nothing to resume from: the rerun starts over)."""
+
+    data: str
+    args: tuple
+    ready: tuple[str, int]
+    resumes: str | None
+
+    def command(self, data: dict) -> list:
+        return [data[a[1:-1]] if isinstance(a, str) and a[:1] == "{" else a for a in self.args]
+
+
+PRETRAIN = ("pretrain", "--dataset", "pascal", "--root", "{root}", "--split", "all", *TINY, "--tiny",
+            "--img-size", 32, "--batch-size", 4, "--min-area", 100)  # fmt: skip
+# fmt: off
+STAGES = {
+    "pretrain-hsnet": Stage(
+        "voc_data", (*PRETRAIN, "--method", "hsnet", "--fold", 1, "--epochs", 8), LAST, "epochs"
+    ),
+    "pretrain-imr-hsnet": Stage(
+        "voc_data",
+        (*PRETRAIN, "--method", "imr-hsnet", "--fold", 1, "--epochs", 4, "--cams", "{cams}",
+         "--val-episodes", "{episodes}"),
+        LAST, "epochs",
+    ),
+    "pretrain-pspnet": Stage(
+        "voc_data",
+        (*PRETRAIN, "--method", "pspnet", "--fold", 0, "--epochs", 6, "--contrastive", 0.1,
+         "--val-split", "all", "--val-images", 4),
+        LAST, "epochs",
+    ),
+    "train-panoptic": Stage(
+        "street_data",
+        ("train-panoptic", "--pseudo", "{pseudo}", *TINY, "--tiny", "--epochs", 3, "--batch-size", 3,
+         "--val-split", "all", "--val-images", 2),
+        LAST, "epochs",
+    ),
+    # label-gen keeps no resume state: it writes heads.pt once, after training; killed after that
+    # (while it draws loss.png), a rerun trains again from the start
+    "label-gen": Stage(
+        "street_data",
+        ("label-gen", "folder", "--root", "{root}", "--k", 3, "--views", 2, "--epochs-semantic", 4,
+         "--epochs-boundary", 3, *TINY),
+        ("heads.pt", 1), None,
+    ),
+    "pseudo-label": Stage(
+        "street_data",
+        ("pseudo-label", "folder", "--root", "{root}", "--heads", "{heads}", "--min-segment", 20,
+         "--device", "cpu", "--seed", 3),
+        ("cityscapes/*_gtFine_instanceIds.png", 3), "items",
+    ),
+}
+# fmt: on
+
+
+@contextlib.contextmanager
+def _beside(*args: object, env: dict):
+    """An uninterrupted run of the command, running while the body runs; it must succeed."""
+    proc = _start(*args, env=env)
+    try:
+        yield proc
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"the uninterrupted run failed:\n{out}\n{err}"
+
+
+def _load(path: Path):
+    """A file's content for comparison: checkpoints through torch.load(weights_only=True) (so this
+    also checks that they load safely), JSON parsed, anything else as bytes."""
+    import torch
+
+    if path.suffix == ".pt":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    return path.read_bytes()
+
+
+def _assert_same(a, b, where: str) -> None:
+    """`a` equals `b` exactly (tensors bit for bit, same dtype), ignoring VOLATILE keys."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), (
+            f"{where}: tensors differ (max |diff| {(a.double() - b.double()).abs().max()})"
+        )
+    elif isinstance(a, dict):
+        assert isinstance(b, dict), where
+        keys_a, keys_b = set(a) - VOLATILE, set(b) - VOLATILE
+        assert keys_a == keys_b, f"{where}: keys differ: {sorted(map(str, keys_a ^ keys_b))}"
+        for key in keys_a:
+            _assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), f"{where}: {a!r} != {b!r}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _assert_same_artifact(out: Path, ref: Path) -> None:
+    """Every file of `out` equals the reference's (manifest: what was run and what it made)."""
+    names = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {RUN_STATE_NAME}
+    assert names == {str(p.relative_to(ref)) for p in ref.rglob("*") if p.is_file()} - {RUN_STATE_NAME}
+    for name in sorted(names - {MANIFEST_NAME}):
+        _assert_same(_load(out / name), _load(ref / name), name)
+    manifests = [
+        {k: _load(d / MANIFEST_NAME)[k] for k in ("kind", "params", "seed", "outputs")} for d in (out, ref)
+    ]
+    _assert_same(*manifests, MANIFEST_NAME)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(STAGES))
+def test_kill9_then_rerun_ends_as_an_uninterrupted_run(name, request, tmp_path):
+    """`kill -9` once the first checkpoint or items exist, then the same command again: it exits 0,
+    resumes (training: after the epochs in last.pt; items: only the missing ones), deletes the
+    temp files of the killed run, and ends with the files of an uninterrupted run (checkpoints
+    tensor for tensor, labels and pictures byte for byte); every checkpoint loads with
+    weights_only=True."""
+    stage = STAGES[name]
+    data = request.getfixturevalue(stage.data)
+    args, env = stage.command(data), data["env"]
+    ref, out = tmp_path / "reference", tmp_path / "run"
+    pattern, count = stage.ready
+    with _beside(*args, "--out", ref, env=env):
+        proc = _start(*args, "--out", out, env=env)
+        _signal_when(
+            proc, lambda: len(_finished(out, pattern)) >= count, signal.SIGKILL, f"{count} {pattern}"
+        )
+        assert proc.returncode == -signal.SIGKILL and not (out / MANIFEST_NAME).exists()
+        killed = {p: (_load(p), p.stat().st_mtime_ns) for p in _finished(out, "**/*") if p.is_file()}
+        # what a kill in the middle of a write leaves, whether or not this one did
+        first = _finished(out, pattern)[0]
+        first.with_name(f".{first.stem}.tmp-{proc.pid}{first.suffix}").write_bytes(b"half")
+        rerun = run_fsseg(*args, "--out", out, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    log = _flat(rerun.stderr)
+    assert "resuming the unfinished run" in log and re.search(r"deleted \d+ temporary file\(s\)", log), log
+
+    if stage.resumes == "epochs":  # the epochs in last.pt are kept (their wall times too), the rest run
+        state = killed[out / "checkpoints" / "last.pt"][0]
+        done = state["epoch"] + 1
+        print(f"{name}: killed after epoch {done} of {len(_load(ref / 'log.jsonl'))}")
+        assert f"at epoch {done + 1}" in log, log
+        assert _load(out / "log.jsonl")[:done] == state["history"]
+    elif stage.resumes == "items":  # the items written before the kill are kept as they were
+        kept = [p for p in _finished(out, pattern) if p in killed]
+        outputs = _load(out / MANIFEST_NAME)["outputs"]
+        print(f"{name}: killed after {len(kept)} of {outputs['images']} items")
+        assert [p.stat().st_mtime_ns for p in kept] == [killed[p][1] for p in kept]
+        assert outputs["labelled_by_rank0"] == outputs["images"] - len(kept)
+    _assert_same_artifact(out, ref)
+    assert _leftovers(tmp_path) == []

@@ -93,7 +93,7 @@ def test_coco_json_and_png_layouts(tmp_path):
             "iscrowd": 1,
             "area": 40.0,
             "bbox": [20, 10, 4, 10],
-            "segmentation": {"size": [20, 30], "counts": [410, 10, 10, 10, 10, 10, 10, 10, 110]},
+            "segmentation": {"size": [20, 30], "counts": [410, 10, 10, 10, 10, 10, 10, 10, 120]},
         },
     ]
     cats = [
@@ -111,7 +111,8 @@ def test_coco_json_and_png_layouts(tmp_path):
     assert ds.class_names == ["background", "person", "dog", "toothbrush"]
     label = ds.load_label(ds.samples()[0])
     assert set(np.unique(label)) == {0, 2, 255}
-    assert (label == 255).sum() > 0 and label[5, 5] == 2
+    assert (label == 2).sum() == 100 and (label[:10, :10] == 2).all()  # the 10x10 square polygon
+    assert (label == 255).sum() == 40 and (label[10:20, 20:24] == 255).all()  # the crowd RLE's box
     assert ds.samples()[0].label.is_file()  # rendered once, cached
     assert ds.fold_classes(1) == [
         2,
@@ -140,6 +141,158 @@ def test_coco_json_and_png_layouts(tmp_path):
     _lbl(png_root / "annotations" / "train2014" / "COCO_train2014_000000000009.png", np.full((40, 60), 17))
     png = open_dataset("coco", png_root, "train2014")
     assert png.class_names[17] == "dog" and png.load_label(png.samples()[0]).max() == 17
+
+
+def test_coco_rle_decoding_by_hand():
+    """Run lengths are column-major and start with 0s; the compressed string form (6 bits a
+    character, counts after the second stored as differences) decodes to the same runs."""
+    from stages.core.datasets.coco_masks import rle_decode, rle_string_counts
+
+    expected = np.array([[0, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0]], bool)  # columns 0111, 1101, 1000
+    np.testing.assert_array_equal(rle_decode([1, 5, 1, 2, 3], 4, 3), expected)
+    assert rle_string_counts("151M2") == [1, 5, 1, 2, 3]  # 'M': 2 - 5 = -3, sign-extended
+    np.testing.assert_array_equal(rle_decode("151M2", 4, 3), expected)
+    assert rle_string_counts("T3") == [100]  # two characters: 4 + 3 * 32
+    assert rle_string_counts("j<::00000^3") == [410, 10, 10, 10, 10, 10, 10, 10, 120]
+    assert rle_decode([0, 12], 4, 3).all() and not rle_decode([12], 4, 3).any()
+    with pytest.raises(FssegError, match="cover 11 pixels but its size is 4x3 = 12"):
+        rle_decode([1, 5, 1, 2, 2], 4, 3)
+
+
+def test_coco_polygons_by_hand():
+    """Polygons cover the pixels whose centres they enclose (pycocotools' rule): an axis-aligned
+    rectangle on integer corners covers exactly its w x h pixels, parts of one object are OR-ed."""
+    from stages.core.datasets.coco_masks import polygon_mask, segmentation_mask
+
+    rect = polygon_mask([1, 1, 5, 1, 5, 4, 1, 4], 6, 7)  # x 1..5, y 1..4
+    expected = np.zeros((6, 7), bool)
+    expected[1:4, 1:5] = True
+    np.testing.assert_array_equal(rect, expected)
+    frac = polygon_mask([2.3, 1.7, 6.6, 1.7, 6.6, 5.2, 2.3, 5.2], 8, 9)  # centres x 3..6 ... y 2..4
+    assert frac.sum() == 15 and frac[2:5, 2:7].all()
+    assert polygon_mask([0, 0, 10, 0, 10, 10, 0, 10], 20, 30).sum() == 100
+    assert (
+        polygon_mask([0, 0, 8, 0, 0, 8], 10, 10).sum() == 28
+    )  # right triangle, legs 8: 36 - 8 on the diagonal
+    two = segmentation_mask([[1, 1, 5, 1, 5, 4, 1, 4], [0, 5, 2, 5, 2, 6, 0, 6]], 6, 7)
+    assert two.sum() == 12 + 2 and two[5, :2].all()
+    clipped = polygon_mask([-3, -3, 4, -3, 4, 30, -3, 30], 6, 7)  # beyond the image: clipped
+    assert clipped.sum() == 4 * 6 and clipped[:, :4].all()
+    with pytest.raises(FssegError, match="differs from its image's 6x7"):
+        segmentation_mask({"size": [7, 6], "counts": [42]}, 6, 7)
+
+
+def test_coco_masks_equal_pycocotools_on_random_polygons():
+    """The numpy rasteriser gives pycocotools' pixels exactly (random polygons, fractional and
+    integer vertices, repeated vertices, vertices outside the image), and the same RLE strings."""
+    mask_utils = pytest.importorskip("pycocotools.mask", reason="pycocotools is not installed")
+    from stages.core.datasets.coco_masks import rle_decode, segmentation_mask
+
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        pts = rng.uniform(-5, max(h, w) + 5, 2 * int(rng.integers(3, 9)))
+        if i % 3 == 0:
+            pts = np.round(pts)
+        if i % 5 == 0:
+            pts[2:4] = pts[0:2]
+        polys = [[float(v) for v in pts]]
+        ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
+        np.testing.assert_array_equal(segmentation_mask(polys, h, w), ref, err_msg=str((h, w, polys)))
+        encoded = mask_utils.encode(np.asfortranarray(ref.astype(np.uint8)))["counts"].decode()
+        np.testing.assert_array_equal(rle_decode(encoded, h, w), ref)
+
+
+def _coco_tree_2017(root, annotations, images=(("a.jpg", 1), ("b.jpg", 2), ("c.jpg", 3))):
+    for name, _ in images:
+        _img(root / "val2017" / name, 20, 30)
+    doc = {
+        "images": [{"id": i, "file_name": n, "height": 20, "width": 30} for n, i in images],
+        "annotations": [
+            {"id": k, "iscrowd": 0, "bbox": [0, 0, 1, 1], **a} for k, a in enumerate(annotations, 1)
+        ],
+        "categories": [{"id": cid, "name": n} for cid, n in [(1, "person"), (2, "bicycle"), (3, "car")]],
+    }
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    path = root / "annotations" / "instances_val2017.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _square(x, y, side):
+    return [[x, y, x + side, y, x + side, y + side, x, y + side]]
+
+
+def test_coco_2017_layout_default_split_layers_and_pairs(tmp_path, caplog):
+    """A COCO 2017 tree needs no --split; smaller objects stay on top of larger ones, a crowd
+    region under an object stays the object; classes in one image only make no pairs."""
+    anns = [
+        {"image_id": 1, "category_id": 1, "area": 400.0, "segmentation": _square(0, 0, 20)},
+        {"image_id": 1, "category_id": 3, "area": 16.0, "segmentation": _square(2, 2, 4)},
+        {"image_id": 1, "category_id": 2, "iscrowd": 1, "area": 100.0,
+         "segmentation": {"size": [20, 30], "counts": [500, 100]}},  # columns 25..29
+        {"image_id": 2, "category_id": 1, "area": 100.0, "segmentation": _square(0, 0, 10)},
+        {"image_id": 2, "category_id": 2, "area": 9.0, "segmentation": _square(10, 10, 3)},
+    ]  # fmt: skip
+    _coco_tree_2017(tmp_path, anns)
+    ds = open_dataset("coco", tmp_path)
+    assert ds.split == "val2017" and [s.id for s in ds.samples()] == ["a", "b", "c"]
+    a, b, c = (ds.load_label(s) for s in ds.samples())
+    assert (a == 1).sum() == 400 - 16 and (a[2:6, 2:6] == 3).all() and (a == 255).sum() == 100
+    assert (a[:, 25:] == 255).all() and (b == 2).sum() == 9 and not c.any()  # c: no annotations
+    with caplog.at_level("WARNING"):
+        assert ds.pairs([1, 2, 3]) == [("a", 1), ("b", 1)]  # bicycle (b only) and car (a only) left out
+    assert "bicycle, car shown by one image only" in caplog.text
+    with pytest.raises(FssegError, match="splits found here: val2017"):
+        open_dataset("coco", tmp_path, "val2014")
+
+
+def test_coco_masks_follow_a_changed_json(tmp_path):
+    """Rendered masks are cached per JSON version: an edited instances file renders anew."""
+    ann = {"image_id": 1, "category_id": 3, "area": 16.0, "segmentation": _square(2, 2, 4)}
+    path = _coco_tree_2017(tmp_path, [ann], images=(("a.jpg", 1),))
+    ds = open_dataset("coco", tmp_path)
+    assert (ds.load_label(ds.samples()[0]) == 3).sum() == 16
+    _coco_tree_2017(
+        tmp_path, [ann | {"segmentation": _square(2, 2, 6), "area": 36.0}], images=(("a.jpg", 1),)
+    )
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    ds = open_dataset("coco", tmp_path)
+    assert (ds.load_label(ds.samples()[0]) == 3).sum() == 36
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "message"),
+    [
+        ({"size": [20, 30], "counts": [10, 5]}, "RLE counts cover 15 pixels"),
+        ({"size": [30, 20], "counts": [600]}, "RLE size 30x20"),
+        ([[0, 0, "x", 1, 2, 2]], "polygons must be lists of numbers"),
+        ("oops", "segmentation must be a list of polygons or an RLE dict"),
+    ],
+)
+def test_coco_bad_segmentation_is_reported_by_data_check(tmp_path, segmentation, message):
+    """A malformed annotation is a problem `data check` lists (file, annotation id, what is
+    wrong), not a traceback; the other images are still checked."""
+    from stages.core.datasets.check import check_dataset
+
+    anns = [
+        {"image_id": 1, "category_id": 1, "area": 1.0, "segmentation": segmentation},
+        {"image_id": 2, "category_id": 1, "area": 16.0, "segmentation": _square(0, 0, 4)},
+    ]
+    path = _coco_tree_2017(tmp_path / "coco", anns, images=(("a.jpg", 1), ("b.jpg", 2)))
+    report = check_dataset(open_dataset("coco", tmp_path / "coco"))
+    assert report.problems == 1 and len(report.unreadable) == 1 and report.pixels[1] == 16
+    assert report.unreadable[0].startswith(f"{path}: annotation 1 (image a.jpg): ")
+    assert message in report.unreadable[0]
+    if isinstance(segmentation, str):  # the CLI: listed, then one error line, exit 2
+        from tests.conftest import error_line
+
+        proc = run_fsseg(
+            "data", "check", "coco", "--root", tmp_path / "coco", env={"FSSEG_CACHE": str(tmp_path)}
+        )
+        assert proc.returncode == 2 and "1 problem(s)" in error_line(proc)
+        out = " ".join(proc.stdout.split())  # rich wraps long lines
+        assert "1 unreadable files" in out and f"{path}: annotation 1 (image a.jpg)" in out and message in out
 
 
 def test_cityscapes_tree_maps_every_label_id(tmp_path):

@@ -45,6 +45,19 @@ def test_hsnet_protocol_and_reproducibility(voc, tmp_path):
     assert read_episodes(tmp_path / "a.json")["novel_classes"] == [1, 2, 3, 4, 5]
 
 
+def test_classes_without_enough_supports_are_left_out_and_recorded(voc):
+    ds = open_dataset("pascal", voc, "all")
+    pairs = ds.pairs([1, 2, 3, 4, 5], 1000)
+    few = [p for p in pairs if p[1] == 2][:2]  # class 2 in two images only: a query and one support
+    ds.pairs = lambda novel, min_area, on_progress=None: [p for p in pairs if p[1] != 2] + few
+    doc = make_episodes(ds, fold=0, shots=2, n=20, seed=0, min_area=1000)
+    assert doc["skipped_classes"] == [2]
+    assert {ep["class"] for ep in doc["episodes"]} == {1}
+    assert make_episodes(ds, fold=0, shots=1, n=20, seed=0, min_area=1000)["skipped_classes"] == []
+    with pytest.raises(FssegError, match="no class of fold 0 has more than --shots 6"):
+        make_episodes(ds, fold=0, shots=6, n=5, seed=0, min_area=1000)
+
+
 def test_gfss_protocols(voc):
     ds = open_dataset("pascal", voc, "all")
     doc = make_episodes(ds, fold=0, shots=1, n=6, protocol="gfss-binary", min_area=1000)
@@ -76,8 +89,12 @@ def test_coco_draws_class_first(tmp_path):
 
 
 def test_too_few_images_for_shots(voc):
-    with pytest.raises(FssegError, match="fewer than --shots 9"):
+    with pytest.raises(FssegError, match="no class of fold 0 has more than --shots 9"):
         make_episodes(open_dataset("pascal", voc, "all"), fold=0, shots=9, n=3, min_area=1000)
+    ds = open_dataset("pascal", voc, "all")
+    ds.fold_classes = lambda fold, n_folds=None: [1, 2]  # gfss needs every class: it names the one short
+    with pytest.raises(FssegError, match="fewer than --shots 9"):
+        make_episodes(ds, fold=0, shots=9, n=3, protocol="gfss", min_area=1000)
 
 
 def test_cli_episodes_camvid_same_bytes(tmp_path):

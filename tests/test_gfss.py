@@ -179,9 +179,53 @@ def trained(tmp_path_factory):
 
 def test_pspnet_pretrain_artifact(trained):
     manifest = json.loads((trained["base"] / "psp" / "manifest.json").read_text())
-    assert manifest["params"]["contrastive"] == 0.1 and manifest["params"]["optimizer"] == "sgd"
+    assert manifest["params"]["contrastive"] == 0.1 and manifest["resolved"]["optimizer"] == "sgd"
     assert manifest["label_map"]["0"] == "background" and len(manifest["outputs"]["history"]) == 2
     assert all(r["val_miou"] is not None for r in manifest["outputs"]["history"])
+
+
+def test_pretrain_method_picks_its_record():
+    from stages.core.errors import FssegError
+    from stages.params import EpisodicTrainParams, PSPNetTrainParams
+    from stages.pretrain import pretrain_params
+
+    psp = pretrain_params(None, {"method": "pspnet", "epochs": 3})
+    assert type(psp) is PSPNetTrainParams and (psp.epochs, psp.img_size, psp.lr) == (3, 473, 2.5e-3)
+    assert pretrain_params(None, {}) == EpisodicTrainParams(method="imr-hsnet")
+    assert pretrain_params(EpisodicTrainParams(steps=3), {"method": "hsnet"}) == EpisodicTrainParams(
+        method="hsnet", steps=3
+    )
+    with pytest.raises(FssegError, match="--method hsnet does not go with params=PSPNetTrainParams"):
+        pretrain_params(PSPNetTrainParams(), {"method": "hsnet"})
+    with pytest.raises(FssegError, match="--method 'psp' is not one of imr-hsnet, hsnet, pspnet"):
+        pretrain_params(None, {"method": "psp"})
+
+
+def test_pspnet_options_left_out_take_the_pspnet_records_defaults(tmp_path):
+    """`pretrain --method pspnet` without --img-size/--batch-size/--lr trains with the GFSS report's
+    473/12/2.5e-3 (PSPNetTrainParams), not IMR's 400/40/4e-4; the manifest records them."""
+    from dataclasses import asdict
+
+    from stages.params import EpisodicTrainParams, PSPNetTrainParams
+
+    root = make_voc_tree(tmp_path / "VOC2012")
+    given = {"split": "all", "backbone": "tiny", "backbone_weights": "random", "tiny": True, "epochs": 1}
+    run_fsseg("pretrain", "--method", "pspnet", "--dataset", "pascal", "--root", root, "--split", "all",
+              "--backbone", "tiny", "--backbone-weights", "random", "--tiny", "--epochs", 1, "--device", "cpu",
+              "--out", tmp_path / "psp", env={"FSSEG_CACHE": str(tmp_path / "cache")}, check=True)  # fmt: skip
+    manifest = json.loads((tmp_path / "psp" / "manifest.json").read_text())
+    params = manifest["params"]
+    assert (params["img_size"], params["batch_size"], params["lr"]) == (473, 12, 0.0025)
+    assert params["epochs"] == 1 and PSPNetTrainParams().epochs == 100  # the one option made small here
+    defaults = asdict(PSPNetTrainParams())
+    episodic = asdict(EpisodicTrainParams())
+    for name, value in defaults.items():
+        recorded = manifest["settings"][name] if name == "device" else params[name]
+        assert recorded == given.get(name, "cpu" if name == "device" else value), name
+    differ = {name for name, value in defaults.items() if value != episodic.get(name)}
+    assert {"img_size", "batch_size", "lr", "epochs"} <= differ  # what IMR's defaults would have changed
+    resolved = manifest["resolved"]
+    assert resolved["method"] == "pspnet" and resolved["precision"] in ("fp32", "bf16")
 
 
 def test_finetune_fss_and_gfss_then_evaluate(trained, tmp_path):

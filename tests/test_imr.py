@@ -265,7 +265,7 @@ def test_refine_modes_cache_and_evaluate(voc, tmp_path):
         64,
     ]
     run_fsseg(*args, "--out", tmp_path / "cached", env=voc["env"], check=True)
-    run_fsseg(*args, "--feature-cache", 0, "--out", tmp_path / "uncached", env=voc["env"], check=True)
+    run_fsseg(*args, "--feature-cache-mb", 0, "--out", tmp_path / "uncached", env=voc["env"], check=True)
     for png in sorted((tmp_path / "cached" / "pred").glob("*.png")):
         np.testing.assert_array_equal(
             np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "uncached" / "pred" / png.name))
@@ -438,7 +438,7 @@ def test_ddp_two_processes_keep_identical_weights(voc, tmp_path):
     assert len((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()) == 2
 
 
-def test_hsnet_and_imr_have_distinct_names():
+def test_hsnet_children_are_the_backbone_and_the_learner():
     assert {n for n, _ in HSNet(backbone="tiny", backbone_weights=None).named_children()} == {
         "backbone",
         "hpn_learner",

@@ -36,7 +36,7 @@ def _fsseg_commands() -> list[list[str]]:
 def test_readme_has_commands_for_every_stage():
     names = {c[0] for c in _fsseg_commands() if c}
     for stage in ("clip-cam", "pretrain", "refine", "finetune-episode", "label-gen", "pseudo-label",
-                  "train-panoptic", "evaluate", "data", "report", "info"):  # fmt: skip
+                  "train-panoptic", "predict-panoptic", "evaluate", "data", "report", "info"):  # fmt: skip
         assert stage in names, stage
 
 

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, error_line, make_street_tree, run_fsseg
+from conftest import error_line, make_street_tree, run_fsseg
 
 TINY = ("--backbone", "tiny", "--backbone-weights", "random", "--device", "cpu")
 
@@ -81,9 +81,6 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
         [*flags, "--window-size=1280,1800", f"--screenshot={shot}", url], capture_output=True, timeout=120
     )
     assert shot.is_file() and shot.stat().st_size > 20_000
-    keep = ROOT / "runs" / "report-screenshot.png"  # for a person to look at
-    keep.parent.mkdir(exist_ok=True)
-    shutil.copy(shot, keep)
 
 
 def test_report_errors(tmp_path):

@@ -203,11 +203,14 @@ def test_label_gen_is_deterministic_and_records_its_images(street, tmp_path):
     b = load_checkpoint(tmp_path / "b" / "heads.pt")
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
-    params = json.loads((tmp_path / "a" / "manifest.json").read_text())["params"]
-    assert len(params["ids"]) == 3 and params["backbone"] == "tiny"
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    params, resolved = manifest["params"], manifest["resolved"]
+    assert params["k"] == 3 and params["backbone"] == "tiny" and params["indices"] is None
+    assert len(resolved["ids"]) == 3 and len(resolved["indices"]) == 3 and resolved["precision"] == "fp32"
+    assert manifest["settings"] == {"device": "cpu"}  # where a run goes, not what it writes
     assert "heads trained on 3 images" in proc.stdout
     _label_gen(street, tmp_path / "c", "--seed", "1")
-    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["params"]["ids"] != params["ids"]
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["resolved"]["ids"] != resolved["ids"]
 
 
 def test_pseudo_label_train_predict_evaluate_chain(street, tmp_path):
@@ -217,8 +220,14 @@ def test_pseudo_label_train_predict_evaluate_chain(street, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "pl-label-gen" / "heads.pt").is_file()
+    # the label-gen options given to pseudo-label (--device shared by both records) reach label-gen
+    made = json.loads((tmp_path / "pl-label-gen" / "manifest.json").read_text())
+    assert made["params"]["k"] == 3 and made["params"]["views"] == 2 and made["settings"]["device"] == "cpu"
     pl = tmp_path / "pl"
-    annotated = json.loads((pl / "manifest.json").read_text())["params"]["annotated_ids"]
+    manifest = json.loads((pl / "manifest.json").read_text())
+    assert manifest["params"]["min_segment"] == 20
+    assert manifest["resolved"]["split"] == made["resolved"]["split"]
+    annotated = manifest["resolved"]["annotated_ids"]
     written = sorted(p.name[:3] for p in (pl / "cityscapes").glob("*_instanceIds.png"))
     assert written == sorted({f"s{i:02d}" for i in range(8)} - set(annotated))
     for sid in written:
@@ -257,10 +266,13 @@ def test_pseudo_label_train_predict_evaluate_chain(street, tmp_path):
         assert out["ground_truth_images"] == 3 and len(out["history"]) == 2
         assert out["history"][-1]["val_pq"] is not None and "val_miou" in out["history"][-1]
     proc = run_fsseg(
-        "train-panoptic", "--predict", "--checkpoint", tmp_path / "tp3" / "checkpoints" / "best.pt",
+        "predict-panoptic", "--checkpoint", tmp_path / "tp3" / "checkpoints" / "best.pt",
         "--dataset", "folder", "--root", street, "--split", "all", "--device", "cpu", "--out", tmp_path / "pred",
     )  # fmt: skip
     assert proc.returncode == 0 and "8 panoptic predictions" in proc.stdout, proc.stderr
+    manifest = json.loads((tmp_path / "pred" / "manifest.json").read_text())
+    assert manifest["kind"] == "panoptic-pred" and manifest["stage"] == "predict-panoptic"
+    assert manifest["params"]["split"] == "all" and manifest["resolved"]["dataset"] == "folder"
     proc = run_fsseg("evaluate", "--task", "panoptic", "--format", "coco", "--pred", tmp_path / "pred",
                      "--gt", tmp_path / "gt", "--out", tmp_path / "ev")  # fmt: skip
     assert proc.returncode == 0 and "PQ" in proc.stdout, proc.stderr
@@ -334,7 +346,7 @@ def test_spino_user_errors(street, tmp_path):
         run_fsseg("label-gen", "folder", "--root", street, "--k", "50", *TINY, "--out", tmp_path / "d")
     )
     assert "--k 50" in line and "8 images" in line
-    line = error_line(run_fsseg("train-panoptic", "--predict", "--checkpoint", lg / "heads.pt", "--dataset",
+    line = error_line(run_fsseg("predict-panoptic", "--checkpoint", lg / "heads.pt", "--dataset",
                                 "folder", "--root", street, "--split", "all", "--out", tmp_path / "e"))  # fmt: skip
     assert "spino_heads" in line and "train-panoptic checkpoint" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists()

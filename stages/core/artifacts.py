@@ -17,6 +17,9 @@ killed outright (kill -9, power loss) is settled by the next run into the same f
 the old folder back if the new run had not finished, else deletes the set-aside copy, and says
 which. That next run also deletes the temporary files killed runs left (`.NAME.tmp-PID.EXT`);
 readers never take one for an item (`is_temp_file`).
+
+One module, over 400 lines, because these rules are one state machine (atomic files, the run
+state, the manifest, recovery of killed runs): split, each part would need the others' invariants.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any
 from stages import __version__
 from stages.core import distributed
 from stages.core.errors import FssegError
+from stages.params import Params, recorded
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ PRODUCERS: dict[str, str] = {
     "pseudo-label": "fsseg pseudo-label",
     "panoptic-gt": "fsseg data panoptic-gt",
     "panoptic-model": "fsseg train-panoptic",
+    "panoptic-pred": "fsseg predict-panoptic",
 }
 
 
@@ -283,7 +288,8 @@ class Artifact:
     kind: str
     stage: str
     signature: dict[str, Any]
-    state: str  # "new" | "resume" | "up-to-date"
+    settings: dict[str, Any] = field(default_factory=dict)
+    state: str = "new"  # "new" | "resume" | "up-to-date"
     dist: distributed.DistInfo = field(default_factory=distributed.DistInfo)
     backup: Path | None = None
     created: bool = False
@@ -335,6 +341,8 @@ class Artifact:
                 "fsseg_version": __version__,
                 "git_commit": _git_commit(),
                 "params": self.signature["params"],
+                "resolved": self.signature["resolved"],
+                "settings": self.settings,
                 "inputs": self.signature["inputs"],
                 "seed": self.signature["seed"],
                 "outputs": outputs,
@@ -403,7 +411,7 @@ def _decide(out: Path, signature: dict[str, Any], overwrite: bool) -> tuple[str,
             old = json.loads(manifest.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = {}
-        old_sig = {k: old.get(k) for k in ("kind", "params", "inputs", "seed")}
+        old_sig = {k: old.get(k) for k in ("kind", "params", "resolved", "inputs", "seed")}
         diff = _differences(old_sig, signature)
         if not diff and not overwrite:
             return "up-to-date", False
@@ -439,19 +447,27 @@ def open_artifact(
     *,
     kind: str,
     stage: str,
-    params: dict[str, Any],
+    params: Params | dict[str, Any],
+    resolved: dict[str, Any] | None = None,
     inputs: Sequence[str | os.PathLike] = (),
     seed: int | None = None,
     overwrite: bool = False,
 ) -> Artifact:
     """Start (or resume, or skip) a stage run writing the artifact `out_dir`.
 
-    `params` are every resolved parameter of the run (JSON-serialisable); `inputs` the paths
-    the run reads. Under torchrun, rank 0 decides and prepares the folder for all ranks.
+    `params` is the stage's parameter record (or, for stages without one, a dict); `resolved` what
+    the run settled from them and its inputs (the precision `auto` chose, the checkpoint's method);
+    `inputs` the paths the run reads. A finished or unfinished run is reused only when all of these
+    match; the record's settings (device, workers, caches) are recorded but may change. Under
+    torchrun, rank 0 decides and prepares the folder for all ranks.
     """
     out = Path(out_dir).resolve()
-    params = json.loads(json.dumps(params, default=str))  # canonical, comparable to what is stored
-    signature = {"kind": kind, "params": params, "inputs": [describe_input(p) for p in inputs], "seed": seed}
+    settings: dict[str, Any] = {}
+    if isinstance(params, Params):
+        seed = params.seed if seed is None and hasattr(params, "seed") else seed
+        params, settings = recorded(params)
+    canonical = json.loads(json.dumps({"params": params, "resolved": resolved or {}}, default=str))
+    signature = {"kind": kind, **canonical, "inputs": [describe_input(p) for p in inputs], "seed": seed}
     dist = distributed.current()
     decision: tuple[str, str | None, bool] | str
     if dist.is_main:
@@ -488,6 +504,7 @@ def open_artifact(
         kind=kind,
         stage=stage,
         signature=signature,
+        settings=json.loads(json.dumps(settings, default=str)),
         state=state,
         dist=dist,
         backup=Path(backup) if backup else None,

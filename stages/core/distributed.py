@@ -91,6 +91,15 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def summed(obj: Any, info: DistInfo) -> Any:
+    """The sum (`+`) of every rank's `obj` (a metric accumulator), on every rank."""
+    parts = all_gather_objects(obj, info)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 def cleanup() -> None:
     if _launched():
         import torch.distributed as dist

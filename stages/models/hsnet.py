@@ -1,5 +1,8 @@
 """HSNet (hypercorrelation squeeze) and IMR-HSNet (iterative mutual refinement).
 
+One module (over 400 lines): IMR-HSNet is HSNet's modules plus the refinement, and both must
+load the authors' checkpoints, so their state-dict names are defined in one place.
+
 Shapes below for a 400x400 input and ResNet50: pyramid levels at 50, 25, 13 pixels.
 
 4D tensors are stored channels-last, (B, hq, wq, hs, ws, C): the support-dim convolution reads

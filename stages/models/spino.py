@@ -98,7 +98,9 @@ def _dinov2_state_dict(name: str, weights: str, model: nn.Module) -> dict[str, t
         path = Path(weights)
     if not path.is_file():
         raise FssegError(f"backbone weights file not found: {path}; pass the DINOv2 .pth file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from stages.core.checkpoints import load_checkpoint  # one-line errors for files that are no weights
+
+    state = load_checkpoint(path)
     return checkpoint_filter_fn(state, model)  # official names -> timm (drops mask_token, resizes pos_embed)
 
 
@@ -324,3 +326,22 @@ def panoptic_inference(
     remap = torch.zeros(len(centers) + 1, dtype=torch.long, device=classes.device)
     remap[used] = torch.arange(1, len(used) + 1, device=classes.device)
     return classes, remap[instances]
+
+
+def predict_panoptic(
+    model, x: torch.Tensor, things, out_hw: tuple[int, int], device, precision: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(class map, instances) at `out_hw` for one normalised input (1, 3, h, w)."""
+    import cv2
+
+    from stages.core import devices
+
+    with torch.no_grad(), devices.autocast(device, precision):
+        out = model(x.to(device))
+    classes, instances = panoptic_inference(
+        out["semantic"][0].float(), out["center"][0].float(), out["offset"][0].float(), things
+    )
+    size = out_hw[::-1]
+    classes = cv2.resize(classes.cpu().numpy().astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
+    instances = cv2.resize(instances.cpu().numpy().astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
+    return classes, instances
