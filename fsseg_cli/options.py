@@ -13,17 +13,24 @@ import typer
 from stages.params import COMMON, NUM_WORKERS_HELP, SEED_HELP, SEED_MAX, Rule
 
 
-def _rule(**limits: Any) -> Callable[[Any], Any]:
-    """A typer callback refusing what `Rule(**limits)` refuses (None, an unset option, passes)."""
+def rule_callback(rule: Rule, parse: Callable[[str], Any] | None = None) -> Callable[[Any], Any]:
+    """A typer callback: the value (parsed from its text when `parse` is given) if `rule` accepts
+    it, else one line naming the option (None, an unset option, passes)."""
 
     def check(value: Any) -> Any:
         try:
-            Rule(**limits).check(value)
+            if parse is not None and isinstance(value, str):
+                value = parse(value)
+            rule.check(value)
         except ValueError as err:
             raise typer.BadParameter(str(err)) from None
         return value
 
     return check
+
+
+def _rule(**limits: Any) -> Callable[[Any], Any]:
+    return rule_callback(Rule(**limits))
 
 
 def pixels(*names: str, help: str, **kw) -> Any:

@@ -18,8 +18,9 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
+from fsseg_cli.options import rule_callback
 from stages.core.errors import FssegError
-from stages.params import Params, Rule, flag_of
+from stages.params import Params, flag_of
 
 
 @dataclasses.dataclass
@@ -43,31 +44,19 @@ def _targets(spec: Any) -> tuple[dict[str | None, type[Params]], str | None, tup
     return {None: first}, None, tuple(second)
 
 
+def _text(value: Any) -> Any:
+    """A default as the command line spells it: tuples as comma-separated lists."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
 def _show_default(option: _Option) -> str:
-    """'400 (imr-hsnet, hsnet); 473 (pspnet)' for defaults that differ by choice."""
+    """'400 for imr-hsnet, hsnet; 473 for pspnet' for defaults that differ by choice."""
     by_value: dict[str, list[str]] = {}
     for (_, choice), value in option.defaults.items():
-        shown = (
-            "none" if value is None else ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        )
-        by_value.setdefault(shown, []).append(choice or "")
+        by_value.setdefault("none" if value is None else str(_text(value)), []).append(choice or "")
     if len(by_value) == 1:
         return next(iter(by_value))
     return "; ".join(f"{value} for {', '.join(dict.fromkeys(who))}" for value, who in by_value.items())
-
-
-def _callback(field: dataclasses.Field) -> Callable[[Any], Any]:
-    rule: Rule = field.metadata.get("rule", Rule())
-    parse = field.metadata.get("parse")
-
-    def check(value: Any) -> Any:
-        try:
-            rule.check(parse(value) if parse and isinstance(value, str) else value)
-        except ValueError as err:
-            raise typer.BadParameter(str(err)) from None
-        return value
-
-    return check
 
 
 def derive(**specs: Any) -> Callable[[Callable], Callable]:
@@ -108,13 +97,15 @@ def derive(**specs: Any) -> Callable[[Callable], Callable]:
                 *names,
                 help=f.metadata.get("help", ""),
                 rich_help_panel=f.metadata.get("panel"),
-                callback=None if hint is bool else _callback(f),
+                callback=None if hint is bool else rule_callback(f.metadata["rule"], f.metadata["parse"]),
                 show_default=True if shared else _show_default(option),
             )
-            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             params.append(
                 inspect.Parameter(
-                    name, inspect.Parameter.KEYWORD_ONLY, default=shown, annotation=Annotated[hint, info]
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=_text(default),
+                    annotation=Annotated[hint, info],
                 )
             )
 
@@ -144,13 +135,7 @@ def derive(**specs: Any) -> Callable[[Callable], Callable]:
                             flag = flag_of(options[name].field)
                             raise FssegError(f"{flag} applies to --{by} {', '.join(where)} only")
                         continue
-                    parse = fields[name].metadata.get("parse")
-                    if parse and isinstance(value, str):
-                        try:
-                            value = parse(value)
-                        except ValueError as err:
-                            raise FssegError(f"{flag_of(fields[name])}: {err}") from None
-                    values[name] = value
+                    values[name] = value  # text already parsed by the option's callback
                 if by and by in fields:
                     values[by] = choice
                 kwargs[arg] = cls(**values)

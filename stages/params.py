@@ -27,6 +27,7 @@ COMMON = "Common options"
 SEED_HELP = "Seed for every random choice (0 to 2^32-1)."
 SEED_MAX = 2**32 - 1
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 # ----------------------------------------------------------------------------- one rule per kind of value
@@ -249,7 +250,7 @@ class RunParams(Params):
         setting=True,
         custom=_device_problem,
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+    precision: Precision = option(
         "auto",
         "Autocast precision; auto: bf16 where the device runs it fast (CUDA with bf16, CPUs with "
         "AVX-512 BF16 or AMX), else fp32 (the manifest records what it resolved to).",

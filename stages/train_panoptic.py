@@ -307,13 +307,12 @@ def run_train_panoptic(
         if dist.is_main:
             training.loss_png(art.file("loss.png"), history, title="train-panoptic", score_key="val_pq",
                               score_label="val PQ (%)")  # fmt: skip
-        checksum = float(sum(w.detach().double().sum() for w in model.parameters()))
         return art.finish(
             outputs={
                 "best": "checkpoints/best.pt", "last": "checkpoints/last.pt", "log": "log.jsonl",
                 "pseudo_images": len(pseudo_ids), "ground_truth_images": len(gt_ids), "input_hw": list(hw),
                 "best_val_pq": None if best == NO_SCORE else best, "history": history,
-                "rank_weight_checksums": distributed.all_gather_objects(checksum, dist),
+                "rank_weight_checksums": distributed.weight_checksums(model.parameters(), dist),
             },
             label_map=ds.class_names,
             device=devices.describe(dev),

@@ -16,15 +16,17 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
 
 from stages.core.errors import FssegError
+from stages.params import DEVICE_PATTERN, Precision
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISION_CHOICES = ("auto", *PRECISIONS)
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+PRECISION_CHOICES = get_args(Precision)  # auto and the three above, as the records spell them
+_DEVICE_PATTERN = re.compile(DEVICE_PATTERN)
 # the /proc/cpuinfo flags that decide whether bf16 is fast on an x86 CPU, in the order printed
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 _BF16_UNITS = ("avx512_bf16", "amx_bf16")
@@ -33,7 +35,7 @@ _BF16_UNITS = ("avx512_bf16", "amx_bf16")
 def resolve_device(spec: str = "auto") -> torch.device:
     """The torch device a `--device` value names, checked to exist on this machine."""
     spec = spec.strip().lower()
-    if not _DEVICE_PATTERN.match(spec):
+    if not _DEVICE_PATTERN.fullmatch(spec):
         raise FssegError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N, mps")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if spec == "auto":

@@ -7,11 +7,13 @@ single process and nothing here imports torch. Backend: nccl on CUDA, gloo other
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -98,6 +100,16 @@ def summed(obj: Any, info: DistInfo) -> Any:
     for part in parts[1:]:
         total = total + part
     return total
+
+
+def weight_checksums(weights, info: DistInfo) -> list[float]:
+    """Every rank's sum of its `weights` (tensors), in rank order; DDP keeps them equal, so a
+    difference is logged as a warning."""
+    checksum = float(sum(w.detach().double().sum() for w in weights))
+    checksums = all_gather_objects(checksum, info)
+    if len(set(checksums)) > 1:
+        log.warning("ranks disagree on the trained weights: %s", checksums)
+    return checksums
 
 
 def cleanup() -> None:

@@ -19,7 +19,6 @@ tracked in percent, exactly resumable from last.pt.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,6 @@ from stages.core.datasets import Dataset, open_dataset
 from stages.core.errors import FssegError
 from stages.params import PRETRAIN_METHODS, EpisodicTrainParams, PSPNetTrainParams, TrainParams, resolve
 
-log = logging.getLogger(__name__)
 METHODS = tuple(PRETRAIN_METHODS)
 PSPNET_BACKBONES = ("resnet50", "efficientnet_lite0", "tiny")
 LAST = "checkpoints/last.pt"
@@ -192,10 +190,6 @@ def outputs(art, trained: Trained, dist: distributed.DistInfo) -> dict[str, Any]
     """The manifest's outputs (rank 0 also draws loss.png); every rank must hold the same weights."""
     if dist.is_main:
         training.loss_png(art.file("loss.png"), trained.history)
-    checksum = float(sum(w.detach().double().sum() for w in trained.weights))
-    checksums = distributed.all_gather_objects(checksum, dist)
-    if len(set(checksums)) > 1:
-        log.warning("ranks disagree on the trained weights: %s", checksums)
     return {
         "best": "checkpoints/best.pt",
         "last": LAST,
@@ -203,5 +197,5 @@ def outputs(art, trained: Trained, dist: distributed.DistInfo) -> dict[str, Any]
         **trained.counts,
         "best_val_miou": None if trained.best == training.NO_SCORE else trained.best,
         "history": trained.history,
-        "rank_weight_checksums": checksums,
+        "rank_weight_checksums": distributed.weight_checksums(trained.weights, dist),
     }
