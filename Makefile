@@ -35,14 +35,18 @@ bench: install
 bench-quick: install
 	$(PY) bench/run_all.py --quick
 
-# The README's first command: real photos (shipped by scikit-image) -> CAMs and overlays, offline.
+# The README's first command: real photos (shipped by scikit-image) -> CAMs and overlays, then few-shot
+# masks of the other motorcycle photo from one support whose mask clip-cam made (label supervision), offline.
 DEMO ?= runs/demo
 demo: install
 	$(PY) examples/demo_photos.py $(DEMO)/photos
 	$(VENV)/bin/fsseg clip-cam --images $(DEMO)/photos/cat --label cat --out $(DEMO)/cams-cat
 	$(VENV)/bin/fsseg clip-cam --images $(DEMO)/photos/motorcycle --label motorcycle --out $(DEMO)/cams-motorcycle
+	$(VENV)/bin/fsseg finetune-episode --support $(DEMO)/photos/motorcycle/motorcycle_left.png \
+	  --support-masks $(DEMO)/cams-motorcycle --query $(DEMO)/photos/motorcycle/motorcycle_right.png \
+	  --out $(DEMO)/fewshot-motorcycle
 	$(VENV)/bin/fsseg report $(DEMO)
-	@echo "demo done: open $(DEMO)/report/index.html in a browser (overlays in $(DEMO)/cams-*/overlays/)"
+	@echo "demo done: open $(DEMO)/report/index.html in a browser (overlays in $(DEMO)/cams-*/overlays/ and $(DEMO)/fewshot-motorcycle/overlays/)"
 
 # The seeds' headline experiments through the stages (DATA=... DEVICE=cuda; table1: CHECKPOINTS=dir);
 # QUICK=1: the same chain on synthetic data with tiny models, on the CPU (CI runs these)

@@ -39,18 +39,15 @@ def setup(folder: Path, n: int) -> tuple[Path, Path]:
     from stages.core.checkpoints import save_checkpoint
     from stages.core.datasets import open_dataset
     from stages.core.episodes import make_episodes, write_episodes
+    from stages.models.backbones import load_backbone_weights
     from stages.models.pspnet import PSPNet
 
     ds = open_dataset("camvid", CAMVID, "val")
     doc = make_episodes(ds, fold=2, shots=1, n=n, seed=0)
     write_episodes(folder / "episodes.json", doc)
     torch.manual_seed(0)
-    kwargs = {
-        "backbone": "efficientnet_lite0",
-        "backbone_weights": None,
-        "num_classes": len(doc["base_classes"]) + 1,
-    }
-    model = PSPNet(**(kwargs | {"backbone_weights": "imagenet"}))
+    kwargs = {"backbone": "efficientnet_lite0", "num_classes": len(doc["base_classes"]) + 1}
+    model = load_backbone_weights(PSPNet(**kwargs), "imagenet")
     save_checkpoint(
         folder / "psp.pt",
         model,

@@ -60,14 +60,14 @@ def run_mode(mode: str, out: Path, device: str) -> dict:
     from stages.core import devices
     from stages.core.cache import TensorCache
     from stages.core.imageio import read_image
-    from stages.models.hsnet import IMRHSNet, final_mask
+    from stages.models import build
+    from stages.models.hsnet import final_mask
     from stages.refine import _to_tensor
 
     torch.set_num_threads(threads())
     cached, precision = MODES[mode]
     torch.manual_seed(0)
-    tiny = {"channels": (4, 8, 16), "mid": 32, "gate": 32} if BACKBONE == "tiny" else {}
-    model = IMRHSNet(backbone=BACKBONE, backbone_weights=None, **tiny).eval()
+    model = build("imr_hsnet", tiny=BACKBONE == "tiny", backbone=BACKBONE).eval()
     with torch.no_grad():  # random weights with some spread, so that masks are not trivially empty
         for name, p in model.named_parameters():
             if not name.startswith("backbone."):

@@ -53,7 +53,7 @@ def run(mode: str, out: Path, device: str) -> dict:
     if quick():  # tiny ops would mostly wait for a second thread on a busy machine
         torch.set_num_threads(1)
     torch.manual_seed(0)
-    features = DenseFeatures(name=BACKBONE, weights="random").to(device)
+    features = DenseFeatures(name=BACKBONE).to(device)
     torch.manual_seed(0)
     heads = LabelGenHeads(
         in_channels=features.out_channels, num_classes=19, upsample_features=mode == "authors"
@@ -151,6 +151,7 @@ def real_heads(heads_dir: Path, split: str, limit: int | None) -> None:
     from stages.core.checkpoints import build_from_checkpoint
     from stages.core.datasets import open_dataset
     from stages.core.metrics import ConfusionMatrix
+    from stages.models.backbones import load_backbone_weights
     from stages.models.spino import DenseFeatures
     from stages.pseudo_label import predict_maps
 
@@ -159,7 +160,7 @@ def real_heads(heads_dir: Path, split: str, limit: int | None) -> None:
     ds = open_dataset(made["dataset"], made["root"], split)
     heads, ckpt = build_from_checkpoint(heads_dir / "heads.pt")
     heads.eval()
-    features = DenseFeatures(name=ckpt["backbone"], weights=ckpt["backbone_weights"])
+    features = load_backbone_weights(DenseFeatures(name=ckpt["backbone"]), ckpt["backbone_weights"])
     n = ds.num_classes
     cms = {"default": ConfusionMatrix(n), "authors": ConfusionMatrix(n)}
     agree, seconds = ConfusionMatrix(n), {"default": 0.0, "authors": 0.0}

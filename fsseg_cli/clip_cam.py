@@ -17,7 +17,10 @@ HELP = (
     "[bold]Reads[/]: --images (a folder, a file or a glob) with --label, or --dataset/--root (one CAM per image "
     "and class present, as IMR training needs).\n\n"
     "[bold]Writes[/] (--out): cams/<id>.npy (float16, [0,1], original size), masks/<id>.png (0/1 at "
-    "--threshold), overlays/<id>.jpg, manifest.json.\n\n"
+    "--threshold), overlays/<id>.jpg, scores.csv (a presence score per image), manifest.json.\n\n"
+    "[bold]Absent labels[/]: a CAM always has a hot spot, so each image also gets a presence score; below "
+    "--min-score the label is judged absent: its mask is left empty and its overlay grey (the CAM .npy is "
+    "kept as computed).\n\n"
     "[bold]Backends[/]: clip (the paper's; open_clip --model/--pretrained), imagenet (EfficientNet-Lite0, "
     "offline), auto (clip when its weights are in the local cache, else imagenet).\n\n"
     "[bold]Example[/]: fsseg clip-cam --images photos/ --label dog --out runs/dog-cams"
@@ -62,7 +65,14 @@ def clip_cam(
     manifest = read_manifest(path)
     outputs, resolved = manifest["outputs"], manifest["resolved"]
     n_ok = len(outputs["items"]) - len(outputs["failed"])
-    say(f"{n_ok} CAMs ({resolved['backend']} {resolved['model']}, {params.method}) -> {path}/overlays")
+    absent = (
+        f"{outputs['absent']} judged absent (presence < {resolved['min_score']:g}: empty masks)"
+        if resolved["min_score"] > 0
+        else "none judged absent (--min-score 0)"
+    )
+    say(
+        f"{n_ok} CAMs ({resolved['backend']} {resolved['model']}, {params.method}), {absent} -> {path}/overlays"
+    )
     if outputs["failed"]:
         for entry in outputs["failed"]:
             say(f"  failed: {entry['error']}")

@@ -26,6 +26,7 @@ def rule_callback(rule: Rule, parse: Callable[[str], Any] | None = None) -> Call
             raise typer.BadParameter(str(err)) from None
         return value
 
+    check.rule = rule  # for tests and docs: what the option accepts
     return check
 
 

@@ -133,7 +133,9 @@ def derive(**specs: Any) -> Callable[[Callable], Callable]:
                         where = [c for (a, c) in options[name].defaults if a == arg]
                         if by and where:
                             flag = flag_of(options[name].field)
-                            raise FssegError(f"{flag} applies to --{by} {', '.join(where)} only")
+                            raise FssegError(
+                                f"{flag} applies to --{by} {', '.join(where)} only; drop it or pass --{by} {where[0]}"
+                            )
                         continue
                     values[name] = value  # text already parsed by the option's callback
                 if by and by in fields:

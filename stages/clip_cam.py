@@ -3,7 +3,9 @@
 Reads:  images (a folder, a file or a glob) with one `label`, or a dataset (one CAM per image
         and class present, as IMR training needs).
 Writes: `cams/<id>.npy` (float16 in [0, 1], the image's original size or `cam_size`),
-        `masks/<id>.png` (0/1 at `threshold`), `overlays/<id>.jpg`, `manifest.json` (kind "cams").
+        `masks/<id>.png` (0/1 at `threshold`; all 0 where the label is judged absent),
+        `overlays/<id>.jpg` (grey, without heat, where absent), `scores/<id>.json` (presence
+        score), `scores.csv` (id, image, label, score, present), `manifest.json` (kind "cams").
 Algorithm: the whole image is resized to a square network input (no centre crop, so the map
         aligns with the whole image); one batched forward and backward per batch (batches cut
         from the whole item list, so a resumed run is bit-exact), the graph
@@ -11,11 +13,17 @@ Algorithm: the whole image is resized to a square network input (no centre crop,
         and resized back to the original size. Backends: `clip` (open_clip, the paper's; score =
         cosine with the prompt, or softmax over the prompts of a class list) and `imagenet`
         (EfficientNet-Lite0, offline; score = sum of the label's ImageNet logits).
+        The same forward pass gives a presence score per item (imagenet: calibrated max logit of
+        the label's classes; clip: the prompt score); below `min_score` the label is judged absent
+        and the mask left empty, since a min-max normalised CAM always has a hot spot.
 """
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from stages.core import devices, distributed
-from stages.core.artifacts import open_artifact
+from stages.core.artifacts import atomic_write_json, atomic_write_text, open_artifact
 from stages.core.datasets import open_dataset
 from stages.core.datasets.readers import CAMVID_CLASSES, COCO_CLASSES, VOC_CLASSES
 from stages.core.errors import FssegError
 from stages.core.imageio import list_images, overlay, read_image, save_float_map, write_jpeg, write_label
 from stages.models import cam as cams
-from stages.params import ClipCamParams, resolve
+from stages.params import IMAGENET_MIN_SCORE, ClipCamParams, resolve
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +100,14 @@ class CamPlan:
     backend: str  # "clip" or "imagenet"
     score: str
     templates: list[str] | None  # prompt templates (clip only)
+    min_score: float  # presence below it: the label is judged absent (0: never)
 
 
 def _check_sources(images: str | None, label: str | None, dataset: str | None, root: str | None) -> None:
     if (images is None) == (dataset is None):
         raise FssegError("pass either --images with --label, or --dataset with --root")
     if images is not None and not label:
-        raise FssegError("--label is required with --images (the class name to find, e.g. --label dog)")
+        raise FssegError("--label is required with --images; pass the class name to find, e.g. --label dog")
     if dataset is not None and root is None:
         raise FssegError("--root is required with --dataset")
 
@@ -126,6 +135,8 @@ def _plan(
         score_used = "imagenet-logit-sum"
         if p.method == "dense":
             raise FssegError("--method dense needs the clip backend (a ResNet CLIP)")
+    # calibrated for imagenet only; a dataset's items are (image, class present) by its annotations
+    auto_min_score = IMAGENET_MIN_SCORE if chosen == "imagenet" and images is not None else 0.0
     return CamPlan(
         items=items,
         labels=labels,
@@ -133,6 +144,7 @@ def _plan(
         backend=chosen,
         score=score_used,
         templates=(cams.ENSEMBLE_TEMPLATES if p.ensemble else [p.template]) if chosen == "clip" else None,
+        min_score=auto_min_score if p.min_score is None else p.min_score,
     )
 
 
@@ -177,10 +189,20 @@ def _resolved(
         "dataset": dataset,
         "split": split,
         "score": plan.score,
+        "presence": f"the prompt score ({plan.score})" if clip else _imagenet_presence_formula(),
+        "min_score": plan.min_score,
         "classes": plan.class_names,
         "templates": plan.templates,
         "precision": precision,
     }
+
+
+def _imagenet_presence_formula() -> str:
+    penalty, slope, bias = cams.IMAGENET_PRESENCE
+    return (
+        f"sigmoid({slope:g} * (m - {penalty:g} * ln n) {'-' if bias < 0 else '+'} {abs(bias):g}), m = the "
+        f"largest logit among the label's n ImageNet classes"
+    )
 
 
 def _source_folder(images: str | None, root: str | None) -> Path:
@@ -242,22 +264,55 @@ def run_clip_cam(
             return art.path
         compute = _label_cams(plan, p, dev, precision)
         mine = distributed.shard(plan.items, art.dist)  # this rank's share (all of it in one process)
-        failed = _compute_pending(art, compute, mine, p, on_progress)
+        failed = _compute_pending(art, compute, mine, p, plan.min_score, on_progress)
         failed = [f for part in distributed.all_gather_objects(failed, art.dist) for f in part]
+        records = _item_records(art, plan, {f["id"] for f in failed})
+        if art.dist.is_main:
+            _write_scores_csv(art, records)
         return art.finish(
             outputs={
                 "cams": "cams",
                 "masks": "masks",
                 "overlays": "overlays",
-                "items": {
-                    i.id: {"image": str(i.image), "label": i.label, "class_id": i.class_id}
-                    for i in plan.items
-                },
+                "scores": "scores.csv",
+                "items": records,
+                "absent": sum(r["present"] is False for r in records.values()),
                 "failed": failed,
             },
             label_map={str(i): t for i, t in enumerate(plan.labels)},
             device=devices.describe(dev),
         )
+
+
+def _item_records(art, plan: CamPlan, failed: set[str]) -> dict[str, dict[str, Any]]:
+    """Every item's image, label, class id, presence score and verdict (both None for unread images)."""
+    records = {}
+    for item in plan.items:
+        done = item.id not in failed
+        score = json.loads((art.path / _outputs(item)[3]).read_text())["score"] if done else None
+        records[item.id] = {
+            "image": str(item.image),
+            "label": item.label,
+            "class_id": item.class_id,
+            "score": score,
+            "present": not _absent(score, plan.min_score) if done else None,
+        }
+    return records
+
+
+def _absent(score: float | None, min_score: float) -> bool:
+    return score is not None and min_score > 0 and score < min_score
+
+
+def _write_scores_csv(art, records: dict[str, dict[str, Any]]) -> None:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "image", "label", "score", "present"])
+    for item_id, r in records.items():
+        if r["present"] is not None:  # unread images have no row
+            score = "" if r["score"] is None else f"{r['score']:.6g}"
+            writer.writerow([item_id, r["image"], r["label"], score, "yes" if r["present"] else "no"])
+    atomic_write_text(art.file("scores.csv"), text.getvalue())
 
 
 def _pending_batches(mine: list[CamItem], pending: set[CamItem], batch_size: int) -> list[list[CamItem]]:
@@ -284,6 +339,7 @@ def _compute_pending(
     compute: Callable,
     mine: list[CamItem],
     p: ClipCamParams,
+    min_score: float,
     on_progress: Callable[[int, int], None] | None,
 ) -> list[dict[str, str]]:
     """Compute and write the CAMs of `mine` not yet written, the next batch read while one runs;
@@ -294,6 +350,7 @@ def _compute_pending(
     done = len(mine) - len(pending)
     pool = ThreadPoolExecutor(max_workers=max(1, p.num_workers))
     load = functools.partial(_load, strict=p.strict)
+    write = functools.partial(_write, art, threshold=p.threshold, min_score=min_score, cam_size=p.cam_size)
     try:
         loaded_next = pool.map(load, batches[0]) if batches else iter(())
         for b, batch in enumerate(batches):
@@ -307,8 +364,13 @@ def _compute_pending(
                     failed.append({"id": item.id, "image": str(item.image), "error": err})
             if good:
                 maps = compute([img for _, img in good], [item.label for item, _ in good])
-                jobs = [job for job in zip(good, maps, strict=True) if job[0][0] in pending]
-                list(pool.map(lambda job: _write(art, *job[0], job[1], p.threshold, p.cam_size), jobs))
+                scores = getattr(maps, "presence", [None] * len(maps))  # a CamBatch; plain maps: no score
+                jobs = [
+                    (item, img, cam, score)
+                    for (item, img), cam, score in zip(good, maps, scores, strict=True)
+                    if item in pending
+                ]
+                list(pool.map(lambda job: write(*job), jobs))
             done += sum(item in pending for item in batch)
             if on_progress is not None:
                 on_progress(done, len(mine))
@@ -317,20 +379,34 @@ def _compute_pending(
     return failed
 
 
-def _outputs(item: CamItem) -> tuple[str, str, str]:
-    return f"cams/{item.id}.npy", f"masks/{item.id}.png", f"overlays/{item.id}.jpg"
+def _outputs(item: CamItem) -> tuple[str, str, str, str]:
+    return f"cams/{item.id}.npy", f"masks/{item.id}.png", f"overlays/{item.id}.jpg", f"scores/{item.id}.json"
 
 
 def _write(
-    art, item: CamItem, image: np.ndarray, cam: np.ndarray, threshold: float, cam_size: int | None
+    art,
+    item: CamItem,
+    image: np.ndarray,
+    cam: np.ndarray,
+    score: float | None,
+    *,
+    threshold: float,
+    min_score: float,
+    cam_size: int | None,
 ) -> None:
-    cam_path, mask_path, overlay_path = _outputs(item)
+    cam_path, mask_path, overlay_path, score_path = _outputs(item)
     stored = cam
     if cam_size:
         stored = F.interpolate(
             torch.from_numpy(cam)[None, None], size=(cam_size, cam_size), mode="bilinear", align_corners=False
         )[0, 0].numpy()
-    mask = (cam >= threshold).astype(np.uint8)
+    if _absent(score, min_score):  # the CAM's hot spot is no object: empty mask, grey overlay
+        mask = np.zeros(cam.shape, np.uint8)
+        picture = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+    else:
+        mask = (cam >= threshold).astype(np.uint8)
+        picture = overlay(image, heatmap=cam, mask=mask, alpha=0.45)
     write_label(art.file(mask_path), mask)
-    write_jpeg(art.file(overlay_path), overlay(image, heatmap=cam, mask=mask, alpha=0.45))
+    write_jpeg(art.file(overlay_path), picture)
+    atomic_write_json(art.file(score_path), {"score": score})
     save_float_map(art.file(cam_path), stored)  # last: its presence marks the item done

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,16 +38,17 @@ import numpy as np
 
 from stages.core.artifacts import (
     MANIFEST_NAME,
+    RUN_STATE_NAME,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     is_temp_file,
     open_artifact,
+    read_manifest,
 )
 from stages.core.charts import bar_chart_png, confusion_png, pq_breakdown_png
-from stages.core.datasets import open_dataset
 from stages.core.datasets.readers import PANOPTIC_CATEGORIES
-from stages.core.episodes import read_episodes
+from stages.core.episodes import open_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import read_label
 from stages.core.metrics import (
@@ -60,7 +60,7 @@ from stages.core.metrics import (
     gfss_summary,
 )
 from stages.core.panoptic import load_coco_panoptic, read_coco_png, read_instance_ids
-from stages.core.validation import check_episodes, check_predicted_for
+from stages.core.validation import check_predicted_for, checked_label
 from stages.params import EvaluateParams, resolve
 
 log = logging.getLogger(__name__)
@@ -71,14 +71,14 @@ Progress = Callable[[int, int], None] | None
 
 # ----------------------------------------------------------------------------- inputs
 def predictions_folder(pred: Path) -> Path:
-    """A predictions folder, or the one an artifact's manifest names in outputs.predictions."""
+    """A predictions folder, or the one an artifact's manifest names in outputs.predictions (an
+    unfinished artifact, or a corrupt manifest, is refused)."""
     if not pred.exists():
         raise FssegError(
             f"prediction folder not found: {pred}; pass the --out folder of the predicting stage"
         )
-    manifest = pred / MANIFEST_NAME
-    if manifest.is_file():
-        sub = json.loads(manifest.read_text()).get("outputs", {}).get("predictions")
+    if (pred / MANIFEST_NAME).is_file() or (pred / RUN_STATE_NAME).is_file():  # an artifact, finished or not
+        sub = read_manifest(pred).get("outputs", {}).get("predictions")
         if isinstance(sub, str) and (pred / sub).is_dir():
             return pred / sub
     return pred
@@ -222,13 +222,6 @@ def _semantic(pred_dir, gt_dir, *, num_classes, ignore_index, names, missing_as_
 
 
 # ----------------------------------------------------------------------------- fss / gfss
-def _episode_inputs(episodes_path: Path, root: Path | None):
-    doc = read_episodes(episodes_path)
-    dataset = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
-    check_episodes(doc, dataset, episodes_path)
-    return doc, dataset
-
-
 def _binary_gt(label: np.ndarray, cls: int, ignore: int) -> np.ndarray:
     return np.where(label == ignore, 255, (label == cls).astype(np.uint8)).astype(np.uint8)
 
@@ -242,7 +235,7 @@ def _resize_nearest(label: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def _fss(pred_dir, episodes_path, *, root, resize_gt, missing_as_empty, workers, on_progress):
-    doc, dataset = _episode_inputs(episodes_path, root)
+    doc, dataset = open_episodes(episodes_path, root)
     if doc["protocol"] == "gfss":
         raise FssegError(f"{episodes_path} holds gfss episodes; score them with --task gfss")
     ignore = dataset.ignore_index
@@ -255,7 +248,8 @@ def _fss(pred_dir, episodes_path, *, root, resize_gt, missing_as_empty, workers,
     def score(i: int) -> FssMeter:
         episode = doc["episodes"][i]
         sample = dataset.sample(episode["query"])
-        gt = _resize_nearest(_binary_gt(dataset.load_label(sample), episode["class"], ignore), resize_gt)
+        label = checked_label(dataset, sample, dataset.load_label(sample))
+        gt = _resize_nearest(_binary_gt(label, episode["class"], ignore), resize_gt)
         return _binary_meter(pred_dir / names[i], gt, episode["class"], f"{sample.label} (episode {i})")
 
     meter = _parallel_sum(score, range(n), FssMeter(), workers, on_progress)
@@ -286,7 +280,7 @@ def _fss(pred_dir, episodes_path, *, root, resize_gt, missing_as_empty, workers,
 
 
 def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progress):
-    doc, dataset = _episode_inputs(episodes_path, root)
+    doc, dataset = open_episodes(episodes_path, root)
     protocol = doc["protocol"]
     if protocol == "fss":
         raise FssegError(
@@ -309,7 +303,7 @@ def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progre
     def score(i: int) -> tuple[ConfusionMatrix, FssMeter]:
         episode = doc["episodes"][i]
         sample = dataset.sample(episode["query"])
-        label = dataset.load_label(sample)
+        label = checked_label(dataset, sample, dataset.load_label(sample))
         if protocol == "gfss":
             return class_ids(pred_dir / files[i], label, f"{sample.label} (episode {i})"), FssMeter()
         gt = _binary_gt(label, episode["class"], ignore)
@@ -317,7 +311,7 @@ def _gfss(pred_dir, episodes_path, *, root, missing_as_empty, workers, on_progre
         if not episode.get("base_query"):
             return ConfusionMatrix(n_cls), meter
         base_sample = dataset.sample(episode["base_query"])
-        base_label = dataset.load_label(base_sample)
+        base_label = checked_label(dataset, base_sample, dataset.load_label(base_sample))
         # novel pixels of a base image: background at pretraining time, or unscored without one
         base_label = np.where(np.isin(base_label, novel), bg if bg is not None else ignore, base_label)
         return class_ids(
@@ -554,7 +548,7 @@ def run_evaluate(
     task = p.task
     pred_dir = predictions_folder(Path(pred_dir))
     gt_dir = Path(gt_dir) if gt_dir is not None else None
-    _check_inputs(task, pred_dir, gt_dir, episodes)
+    _check_inputs(task, pred_dir, gt_dir, episodes, root)
     names = _semantic_class_names(p)
     inputs: list[Path] = [pred_dir] + (
         [Path(episodes)] if task in ("fss", "gfss") else [gt_dir] if gt_dir else []
@@ -596,7 +590,9 @@ def run_evaluate(
         return _write_results(art, task, *scored)
 
 
-def _check_inputs(task: str, pred_dir: Path, gt_dir: Path | None, episodes: str | Path | None) -> None:
+def _check_inputs(
+    task: str, pred_dir: Path, gt_dir: Path | None, episodes: str | Path | None, root: str | Path | None
+) -> None:
     if task in ("fss", "gfss") and episodes is None:
         raise FssegError(f"--episodes is required for --task {task} (make one with `fsseg data episodes`)")
     if gt_dir is not None and not gt_dir.is_dir():
@@ -604,6 +600,7 @@ def _check_inputs(task: str, pred_dir: Path, gt_dir: Path | None, episodes: str 
     if episodes is not None and not Path(episodes).is_file():
         raise FssegError(f"episodes file not found: {episodes}; make one with `fsseg data episodes`")
     if task in ("fss", "gfss"):
+        open_episodes(episodes, root)  # a broken episodes file is named as such, not as another one
         check_predicted_for(pred_dir, episodes)
 
 

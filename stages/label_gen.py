@@ -32,7 +32,7 @@ from stages.core.datasets import open_dataset
 from stages.core.errors import FssegError
 from stages.core.panoptic import boundary_target, segment_ids
 from stages.core.validation import checked_label
-from stages.core.weights import backbone_weights_fit
+from stages.models.backbones import load_backbone_weights
 from stages.models.spino import (
     DenseFeatures,
     LabelGenHeads,
@@ -69,7 +69,8 @@ def choose_indices(ds, k: int, indices: Sequence[int] | None, seed: int) -> list
     labelled = [i for i, s in enumerate(ds.samples()) if s.label is not None and s.label.is_file()]
     if not 1 <= k <= len(labelled):
         raise FssegError(
-            f"--k {k} is out of range: {ds.name} split {ds.split!r} has {len(labelled)} images with labels"
+            f"--k {k} is out of range: {ds.name} split {ds.split!r} at {ds.root} has {len(labelled)} images "
+            f"with labels; lower --k, or add the masks of more images"
         )
     return sorted(np.random.default_rng(seed).choice(labelled, size=k, replace=False).tolist())
 
@@ -227,8 +228,7 @@ def run_label_gen(
         if art.up_to_date:
             return art.path
         devices.seed_everything(p.seed)
-        with backbone_weights_fit(p.backbone_weights, p.backbone):
-            features = DenseFeatures(name=p.backbone, weights=p.backbone_weights).to(dev)
+        features = load_backbone_weights(DenseFeatures(name=p.backbone), p.backbone_weights).to(dev)
         model_kwargs = {
             "in_channels": features.out_channels, "num_classes": ds.num_classes,
             "upsample_features": p.upsample_features,

@@ -263,6 +263,7 @@ NUM_WORKERS_HELP = "Worker threads/processes for reading data."
 CamMethod = Literal["gradcam", "gradcam++", "layercam", "hirescam", "dense"]
 CAM_PANEL = "Method"
 DatasetName = Literal["pascal", "coco", "cityscapes", "camvid", "fss1000", "folder"]
+IMAGENET_MIN_SCORE = 0.06  # clip-cam's presence threshold: examples/clip_cam_presence.py, COCO-mini train2017
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,14 @@ class ClipCamParams(RunParams):
         "gradcam", "CAM method; dense = MaskCLIP-style per-pixel cosine (ResNet CLIPs).", panel=CAM_PANEL
     )
     threshold: float = probability(0.5, "Mask = CAM >= threshold.", panel=CAM_PANEL)
+    min_score: float | None = probability(
+        None,
+        "Presence score below which the label is judged absent: the mask is left empty (the CAM .npy "
+        f"is kept); 0 keeps every mask. Default: {IMAGENET_MIN_SCORE} with the imagenet backend and "
+        "--images (calibrated on COCO-mini train2017); 0 with --dataset (its annotations say the class "
+        "is there) and with clip (its scores are not calibrated).",
+        panel=CAM_PANEL,
+    )
     input_size: int = option(
         224,
         "Network input side, a multiple of 32; the whole image is resized to it (no crop).",
@@ -411,17 +420,36 @@ PRETRAIN_METHODS: dict[str, type[TrainParams]] = {
 }
 
 
+FINETUNE_LR = {"checkpoint": 0.1, "imagenet": 0.4}  # by where finetune-episode's features come from
+
+
 @dataclass(frozen=True)
 class FinetuneParams(RunParams):
-    mode: Literal["fss", "gfss"] = option("fss", "fss: 2-way; gfss: base + novel.")
+    mode: Literal["fss", "gfss"] = option("fss", "fss: 2-way; gfss: base + novel (needs --checkpoint).")
     steps: int = count(100, "SGD steps per episode.")
-    lr: float = learning_rate(0.1, "SGD learning rate.")
+    lr: float | None = learning_rate(
+        None,
+        f"SGD learning rate; default: {FINETUNE_LR['checkpoint']} with --checkpoint (the report), "
+        f"{FINETUNE_LR['imagenet']} on ImageNet features.",
+    )
     gamma: float = weight(10.0, "gfss: distillation weight.")
     img_size: int = side(473, "Input side (the report: 473).")
     label_size: int | None = count(
         None,
-        "Side where the support loss is computed (logits upsampled to it); default: the input side. "
-        "Smaller is faster on a CPU.",
+        "Side where the support loss is computed (logits upsampled to it); default: the input side with "
+        "--checkpoint, 4x the feature side without. Smaller is faster on a CPU.",
+    )
+    backbone: TRAIN_BACKBONES = option(
+        "efficientnet_lite0",
+        "Without --checkpoint: the frozen ImageNet backbone whose stride-16 and -32 features are classified.",
+    )
+    backbone_weights: str = backbone_weights(
+        "imagenet", "Without --checkpoint: imagenet (cache), a file, or random."
+    )
+    prototype_scale: float = weight(
+        10.0,
+        "Without --checkpoint: the classifier starts as the supports' cosine prototypes (mean foreground and "
+        "background features) times this; 0 starts it at zero.",
     )
     batch_episodes: int = count(50, "Episodes trained at once.")
     feature_cache_mb: float = option(

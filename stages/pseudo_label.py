@@ -26,6 +26,7 @@ from stages.core.checkpoints import build_from_checkpoint
 from stages.core.datasets import open_dataset
 from stages.core.errors import FssegError
 from stages.core.panoptic import PanopticWriter, fuse_panoptic
+from stages.models.backbones import load_backbone_weights
 from stages.models.spino import DenseFeatures, input_size, to_unit
 from stages.params import PseudoLabelParams, resolve
 
@@ -108,7 +109,8 @@ def run_pseudo_label(
         devices.seed_everything(p.seed)
         model, ckpt = build_from_checkpoint(heads_dir / "heads.pt", dev)
         model.to(dev).eval()
-        features = DenseFeatures(name=ckpt["backbone"], weights=ckpt["backbone_weights"]).to(dev)
+        features = DenseFeatures(name=ckpt["backbone"])
+        features = load_backbone_weights(features, ckpt["backbone_weights"]).to(dev)
         writer = PanopticWriter(ds)
 
         def work(sample_id: str) -> None:

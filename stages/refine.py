@@ -35,7 +35,7 @@ from stages.core.artifacts import open_artifact, read_manifest, run_items
 from stages.core.cache import TensorCache
 from stages.core.checkpoints import build_from_checkpoint, load_checkpoint
 from stages.core.datasets import open_dataset
-from stages.core.episodes import read_episodes
+from stages.core.episodes import open_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import (
     list_images,
@@ -46,6 +46,7 @@ from stages.core.imageio import (
     write_jpeg,
     write_label,
 )
+from stages.core.validation import checked_label
 from stages.models.backbones import network_input
 from stages.models.hsnet import (
     HSNet,
@@ -86,7 +87,7 @@ def load_refiner(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn
         state = data.get("state_dict", data) if isinstance(data.get("state_dict"), dict) else data
         method, backbone = reference_architecture(state)
         cls = IMRHSNet if method == "imr-hsnet" else HSNet
-        model = cls(backbone=backbone, backbone_weights=None)
+        model = cls(backbone=backbone)
         try:
             load_reference_state_dict(model, state)
         except RuntimeError as err:
@@ -209,7 +210,7 @@ def run_refine(
 
     # 2. the inputs, read before the artifact opens: a wrong one leaves no folder behind
     cam_artifact = read_manifest(cams, "cams") if cams is not None else None
-    doc = read_episodes(episodes) if episodes is not None else None
+    doc = open_episodes(episodes, root)[0] if episodes is not None else None
     inputs = [checkpoint] + [
         path for path in (episodes, cams, support, query, support_masks) if path and Path(path).exists()
     ]
@@ -253,7 +254,9 @@ def _check_inputs(p: RefineParams, episodes, query, support, label, support_mask
     if query is not None and not (support or p.zero_shot):
         raise FssegError("--support DIR is needed with --query (or --zero-shot)")
     if query is not None and support_masks is None and not label:
-        raise FssegError("--label is needed when the supports have no --support-masks (the class to find)")
+        raise FssegError(
+            "--label is needed when the supports have no --support-masks; pass the class to find"
+        )
 
 
 def _start(p: RefineParams, checkpoint: str | Path, *, fixed_support: bool) -> Run:
@@ -470,12 +473,16 @@ def _benchmark_jobs(doc, root, cams_dir, artifact, run: Run) -> list[Job]:
     def image(sample_id: str) -> np.ndarray:
         return read_image(ds.sample(sample_id).image)
 
+    def label(sample_id: str) -> np.ndarray:
+        sample = ds.sample(sample_id)
+        return checked_label(ds, sample, ds.load_label(sample), image(sample_id).shape)
+
     def query_shot(qid: str, c: int) -> Shot:
         return Shot(qid, lambda: (image(qid), cam(f"{qid}__{c}", image(qid), names[c], fixed_support)))
 
     def support_shot(sid: str, c: int) -> Shot:
         if fixed_support:
-            return Shot(sid, lambda: (image(sid), (ds.load_label(ds.sample(sid)) == c).astype(np.float32)))
+            return Shot(sid, lambda: (image(sid), (label(sid) == c).astype(np.float32)))
         return Shot(sid, lambda: (image(sid), cam(f"{sid}__{c}", image(sid), names[c])))
 
     return [

@@ -28,6 +28,7 @@ from stages.core.errors import FssegError
 GALLERY = {  # kind -> (folder of pictures, caption)
     "cams": ("overlays", "CAM heat map and mask outline"),
     "refine": ("overlays", "support and query masks, step by step"),
+    "finetune": ("overlays", "query masks (ad-hoc mode)"),
     "pseudo-label": ("preview", "image | classes | segments"),
     "panoptic-pred": ("preview", "image | classes | segments"),
 }

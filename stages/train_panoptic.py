@@ -33,7 +33,8 @@ from stages.core.metrics import ConfusionMatrix, PanopticQuality
 from stages.core.panoptic import PanopticWriter, cityscapes_form, from_instance_ids, instances_of
 from stages.core.training import NO_SCORE
 from stages.core.validation import checked_label
-from stages.core.weights import backbone_weights_fit
+from stages.models import model_kwargs
+from stages.models.backbones import load_backbone_weights
 from stages.models.spino import (
     PanopticDeepLab,
     bootstrapped_ce,
@@ -258,9 +259,7 @@ def run_train_panoptic(
     dev = devices.resolve_device(p.device)
     dist = distributed.init_distributed(dev.type)
     precision = devices.resolve_precision(p.precision, dev)
-    model_kwargs = {"backbone": p.backbone, "num_classes": ds.num_classes}
-    if p.tiny:
-        model_kwargs |= {"channels": 16, "head_channels": 8}
+    kwargs = model_kwargs("panoptic_deeplab", tiny=p.tiny, backbone=p.backbone, num_classes=ds.num_classes)
     first = ds.load_image(ds.sample(pseudo_ids[0]))
     resolved = {"precision": precision, "pseudo_images": len(pseudo_ids), "ground_truth_ids": gt_ids}
     with open_artifact(
@@ -271,8 +270,7 @@ def run_train_panoptic(
             return art.path
         # 1. model, optimizer, resume state, data
         devices.seed_everything(p.seed)
-        with backbone_weights_fit(p.backbone_weights, p.backbone):
-            model = PanopticDeepLab(**model_kwargs, backbone_weights=p.backbone_weights).to(dev)
+        model = load_backbone_weights(PanopticDeepLab(**kwargs), p.backbone_weights).to(dev)
         hw = input_size(first.shape[:2], p.size, model.backbone.multiple)
         optimizer = torch.optim.Adam([w for w in model.parameters() if w.requires_grad], lr=p.lr)
         last = art.path / "checkpoints" / "last.pt"
@@ -301,7 +299,7 @@ def run_train_panoptic(
                 "epoch %d/%d: loss %.4f%s", epoch + 1, p.epochs, row["loss"], f", val {val}" if val else ""
             )
             training.end_epoch(
-                art, model, "panoptic_deeplab", model_kwargs, optimizer, history, best, better, dist,
+                art, model, "panoptic_deeplab", kwargs, optimizer, history, best, better, dist,
                 extra={"size_hw": list(hw), "things": list(ds.things)}, score_key="val_pq",
             )  # fmt: skip
         if dist.is_main:

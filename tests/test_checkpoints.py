@@ -100,3 +100,62 @@ def test_bad_checkpoint_files(tmp_path, tiny):
     torch.save(data, tmp_path / "unknown.pt")
     with pytest.raises(FssegError, match="unknown to this fsseg"):
         build_from_checkpoint(tmp_path / "unknown.pt")
+
+
+FAMILIES = {  # the arguments each family needs beside its tiny widths
+    "imr_hsnet": {"backbone": "tiny"},
+    "hsnet": {"backbone": "tiny"},
+    "pspnet": {"backbone": "tiny", "num_classes": 3},
+    "panoptic_deeplab": {"backbone": "tiny", "num_classes": 3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_model_kwargs_alone_rebuild_every_family(tmp_path, name):
+    """Checkpoints hold the constructor's kwargs and nothing else; those of fsseg 0.2.0, which also
+    held `backbone_weights: None`, still load."""
+    from stages.models import build, model_kwargs
+
+    torch.manual_seed(0)
+    kwargs = model_kwargs(name, tiny=True, **FAMILIES[name])
+    model = build(name, **kwargs)
+    path = save_checkpoint(tmp_path / "new.pt", model, model_name=name, model_kwargs=kwargs)
+    old = torch.load(path, weights_only=True)
+    torch.save(old | {"model_kwargs": old["model_kwargs"] | {"backbone_weights": None}}, tmp_path / "old.pt")
+    for file in (path, tmp_path / "old.pt"):
+        rebuilt, data = build_from_checkpoint(file)
+        assert type(rebuilt) is type(model)
+        for key, value in model.state_dict().items():
+            assert torch.equal(rebuilt.state_dict()[key], value), key
+
+
+def test_load_backbone_weights_fills_every_resnet50_backbone(tmp_path):
+    """One torchvision ResNet50 file loads into the pyramid (HSNet), the dilated (PSPNet) and the
+    panoptic backbones, which drop its classifier; misfits are one line each."""
+    import torchvision
+
+    from stages.models.backbones import load_backbone_weights
+    from stages.models.hsnet import HSNet
+    from stages.models.pspnet import PSPNet
+    from stages.models.spino import PanopticDeepLab
+
+    torch.manual_seed(0)
+    state = torchvision.models.resnet50().state_dict()
+    torch.save(state, tmp_path / "r50.pth")
+    models = [HSNet(), PSPNet(num_classes=3), PanopticDeepLab(backbone="resnet50", num_classes=3)]
+    for model in models:
+        assert load_backbone_weights(model, tmp_path / "r50.pth") is model
+        loaded = model.backbone.state_dict()
+        loaded = {k.removeprefix("net."): v for k, v in loaded.items()}
+        assert set(state) - set(loaded) <= {"fc.weight", "fc.bias"}
+        assert all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(FssegError, match=r"other.pth does not fit the resnet50 backbone \(Missing key"):
+        load_backbone_weights(models[1], tmp_path / "other.pth")
+    with pytest.raises(FssegError, match="the tiny backbone has no pretrained weights"):
+        load_backbone_weights(PSPNet(backbone="tiny", num_classes=3), tmp_path / "r50.pth")
+    tiny = PSPNet(backbone="tiny", num_classes=3)
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    for keyword in ("random", "imagenet", "auto"):  # nothing to load: the weights as built
+        load_backbone_weights(tiny, keyword)
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())

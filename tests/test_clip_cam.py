@@ -16,6 +16,7 @@ from PIL import Image
 from stages.core import devices
 from stages.models import cam as cams
 from stages.models.imagenet_labels import TABLE, imagenet_categories, imagenet_classes
+from stages.params import IMAGENET_MIN_SCORE
 from tests.conftest import error_line, run_fsseg, shared_data
 
 
@@ -63,7 +64,7 @@ def test_parity_with_pytorch_grad_cam(model_name):
             ("layercam", LayerCAM),
             ("hirescam", HiResCAM),
         ):
-            ours = cams.class_activation_maps(scorer, images, weights, method=method).numpy()
+            ours = cams.cams_and_presence(scorer, images, weights, method=method)[0].numpy()
             for p in wrapper.parameters():
                 p.requires_grad_(True)  # the peer needs a graph through the parameters
             with peer(model=wrapper, target_layers=[scorer.target], **extra) as cam:
@@ -81,9 +82,9 @@ def test_batch_gives_the_same_maps_as_single_images():
     scorer = cams.imagenet_scorer([imagenet_classes("cat"), imagenet_classes("car")])
     images = torch.randint(0, 255, (3, 3, 224, 224), dtype=torch.uint8)
     weights = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0]])
-    batch = cams.class_activation_maps(scorer, images, weights)
+    batch = cams.cams_and_presence(scorer, images, weights)[0]
     for i in range(3):
-        single = cams.class_activation_maps(scorer, images[i : i + 1], weights[i : i + 1])
+        single = cams.cams_and_presence(scorer, images[i : i + 1], weights[i : i + 1])[0]
         torch.testing.assert_close(batch[i : i + 1], single, atol=1e-5, rtol=1e-4)
 
 
@@ -247,6 +248,9 @@ def test_dataset_mode_one_cam_per_image_and_class(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outputs"]["items"]["2011_000006__18"]["label"] == "sofa"
     assert manifest["resolved"]["score"] == "softmax" and len(manifest["resolved"]["classes"]) == 20
+    # the annotations say each class is there: scores are recorded, no mask is emptied
+    assert manifest["resolved"]["min_score"] == 0 and manifest["outputs"]["absent"] == 0
+    assert len((out / "scores.csv").read_text().splitlines()) == 8 and "none judged absent" in proc.stdout
     skipped = run_fsseg(
         "clip-cam",
         "--dataset",
@@ -291,10 +295,12 @@ def test_resume_redoes_only_missing_items(photos, tmp_path):
     keep = out / "cams" / "motorcycle_left.npy"
     stamp = keep.stat().st_mtime_ns
     (out / "manifest.json").unlink()
-    (out / "cams" / "motorcycle_right.npy").unlink()
+    (out / "scores" / "motorcycle_right.json").unlink()  # an item without its score is not done
     os.utime(out, None)
     run_fsseg("clip-cam", "--images", photos / "moto", "--label", "motorcycle", "--out", out, check=True)
-    assert keep.stat().st_mtime_ns == stamp and (out / "cams" / "motorcycle_right.npy").is_file()
+    assert keep.stat().st_mtime_ns == stamp and (out / "scores" / "motorcycle_right.json").is_file()
+    assert (out / "cams" / "motorcycle_right.npy").stat().st_mtime_ns > stamp
+    assert len((out / "scores.csv").read_text().splitlines()) == 3
 
 
 @pytest.mark.parametrize(
@@ -341,3 +347,132 @@ def test_torchrun_shards_images_and_matches_one_process(photos, tmp_path):
         a = np.asarray(Image.open(tmp_path / "one" / "masks" / name))
         b = np.asarray(Image.open(tmp_path / "two" / "masks" / name))
         assert (a == b).mean() > 0.999, name
+
+
+# ----------------------------------------------------------------------------- presence
+def _csv(out: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(out / "scores.csv", newline="") as f:
+        return {row["id"]: row for row in csv.DictReader(f)}
+
+
+def test_presence_scores_empty_the_masks_of_absent_labels(photos, tmp_path):
+    images = str(photos / "*" / "*.png")  # a cat and two motorcycles, asked for "cat"
+    args = ("clip-cam", "--images", images, "--label", "cat", "--backend", "imagenet")
+    proc = run_fsseg(*args, "--out", tmp_path / "auto", check=True)
+    assert "3 CAMs" in proc.stdout and f"2 judged absent (presence < {IMAGENET_MIN_SCORE:g}" in proc.stdout
+    rows = _csv(tmp_path / "auto")
+    assert {k: r["present"] for k, r in rows.items()} == {
+        "chelsea": "yes",
+        "motorcycle_left": "no",
+        "motorcycle_right": "no",
+    }
+    assert float(rows["chelsea"]["score"]) > 0.5 and all(
+        float(rows[k]["score"]) < IMAGENET_MIN_SCORE for k in ("motorcycle_left", "motorcycle_right")
+    )
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["params"]["min_score"] is None and manifest["resolved"]["min_score"] == IMAGENET_MIN_SCORE
+    assert manifest["outputs"]["absent"] == 2 and manifest["outputs"]["scores"] == "scores.csv"
+    for name, item in manifest["outputs"]["items"].items():
+        assert f"{item['score']:.6g}" == rows[name]["score"] and item["present"] == (
+            rows[name]["present"] == "yes"
+        )
+    kept = run_fsseg(*args, "--min-score", "0", "--out", tmp_path / "off", check=True)
+    assert "none judged absent" in kept.stdout
+    assert {k: r["score"] for k, r in _csv(tmp_path / "off").items()} == {
+        k: r["score"] for k, r in rows.items()
+    }
+    assert all(r["present"] == "yes" for r in _csv(tmp_path / "off").values())
+    for name in rows:
+        cam = np.load(tmp_path / "auto" / "cams" / f"{name}.npy")
+        assert np.array_equal(cam, np.load(tmp_path / "off" / "cams" / f"{name}.npy"))  # the CAM is kept
+        empty = np.asarray(Image.open(tmp_path / "auto" / "masks" / f"{name}.png"))
+        full = np.asarray(Image.open(tmp_path / "off" / "masks" / f"{name}.png"))
+        differ = full != (cam.astype(np.float32) >= 0.5)  # only float16 rounding at the threshold
+        assert full.sum() > 0 and np.all(np.abs(cam[differ].astype(np.float32) - 0.5) < 1e-3)
+        assert np.array_equal(empty, full) if name == "chelsea" else not empty.any()
+    grey = np.asarray(Image.open(tmp_path / "auto" / "overlays" / "motorcycle_left.jpg")).astype(int)
+    assert np.abs(grey - grey.mean(axis=2, keepdims=True)).max() <= 3  # absent: a grey photo, no heat
+
+
+def test_presence_comes_from_the_cam_forward_pass(photos):
+    """imagenet: the calibrated largest logit of the label's classes; clip: the prompt score."""
+    from stages.core.imageio import read_image
+
+    image = read_image(photos / "cat" / "chelsea.png")
+    engine = cams.LabelCams.build("imagenet", ["dog", "cat"])
+    batch = engine([image, image], ["cat", "dog"])
+    scorer = engine.scorer
+    logits = scorer.network(cams.normalise_batch(engine.input_batch([image]), scorer.mean, scorer.std))
+    penalty, slope, bias = cams.IMAGENET_PRESENCE
+    for label, got in zip(["cat", "dog"], batch.presence, strict=True):
+        classes = imagenet_classes(label)  # dog: 118, so its largest logit is offset by 0.2 ln 118
+        expected = torch.sigmoid(slope * (logits[0, classes].max() - penalty * np.log(len(classes))) + bias)
+        assert got == pytest.approx(float(expected), rel=1e-4)
+    torch.manual_seed(0)
+    model, tokenizer = cams.load_clip("RN50", "none", torch.device("cpu"))
+    text = cams.text_embeddings(model, tokenizer, ["cat", "dog", "car"], cams.TEMPLATES, "cpu")
+    scorer = cams.clip_scorer(model, text, score="softmax")
+    images = torch.randint(0, 255, (2, 3, 224, 224), dtype=torch.uint8)
+    weights = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    maps, presence = cams.cams_and_presence(scorer, images, weights)
+    with torch.no_grad():
+        expected = scorer.score(scorer.network(cams.normalise_batch(images, scorer.mean, scorer.std)))
+    torch.testing.assert_close(presence, expected[[0, 1], [1, 2]], atol=1e-5, rtol=1e-4)
+    assert maps.shape == (2, 7, 7)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "high"])
+def test_bad_min_score_is_refused(photos, tmp_path, value):
+    proc = run_fsseg(
+        "clip-cam",
+        "--images",
+        photos / "cat",
+        "--label",
+        "cat",
+        "--min-score",
+        value,
+        "--out",
+        tmp_path / "x",
+    )
+    assert "Invalid value for '--min-score'" in error_line(proc) and proc.returncode == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_clip_min_score_applies_to_the_prompt_score(photos, tmp_path):
+    proc = run_fsseg(
+        "clip-cam", "--images", photos / "moto", "--label", "motorcycle", "--backend", "clip",
+        "--pretrained", "none", "--classes", "voc", "--input-size", "64", "--min-score", "0.9",
+        "--out", tmp_path / "clip",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "2 judged absent" in proc.stdout  # random weights: near 1/20 for every prompt
+    resolved = json.loads((tmp_path / "clip" / "manifest.json").read_text())["resolved"]
+    assert resolved["min_score"] == 0.9 and resolved["presence"] == "the prompt score (softmax)"
+    assert not any(np.asarray(Image.open(p)).any() for p in (tmp_path / "clip" / "masks").iterdir())
+
+
+@pytest.mark.slow
+def test_absent_labels_score_lower_on_real_photos(tmp_path):
+    """VOC-mini through the stage: 2011_000003 (person, bottle), 2011_000006 (person, chair, sofa),
+    2011_000025 (bus, car); labels shown by one photo, and labels shown by none."""
+    from stages.clip_cam import run_clip_cam
+
+    photos = shared_data("voc-mini") / "JPEGImages"
+    shown = {"bus": "2011_000025", "car": "2011_000025", "chair": "2011_000006", "sofa": "2011_000006"}
+    scores = {}
+    for label in [*shown, "dog", "cat", "horse", "aeroplane", "sheep"]:
+        out = run_clip_cam(tmp_path / label, images=str(photos), label=label, backend="imagenet")
+        scores[label] = {k: float(r["score"]) for k, r in _csv(out).items()}
+    for label, image in shown.items():
+        others = [s for k, s in scores[label].items() if k != image]
+        assert scores[label][image] >= IMAGENET_MIN_SCORE and scores[label][image] > max(others), scores[
+            label
+        ]
+    present = [scores[label][image] for label, image in shown.items()]
+    absent = [s for label in scores for k, s in scores[label].items() if shown.get(label) != k]
+    pairs = [(p, a) for p in present for a in absent]
+    assert sum(p > a for p, a in pairs) / len(pairs) >= 0.9, (present, sorted(absent)[-5:])
+    for label in ("dog", "cat", "horse", "aeroplane", "sheep"):  # in none of the photos: no mask at all
+        assert all(s < IMAGENET_MIN_SCORE for s in scores[label].values()), (label, scores[label])

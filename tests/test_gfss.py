@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.finetune_episode import distillation, reformulated_ce, train_classifiers
+from stages.models.episode_classifier import distillation, reformulated_ce, train_classifiers
 from stages.models.pspnet import PSPNet, pixel_info_nce, sample_anchors
 from tests.conftest import error_line, make_voc_tree, run_fsseg
 
@@ -55,7 +55,7 @@ def test_anchor_sampler_never_picks_background_or_ignored():
 
 def test_contrastive_gradients_reach_the_projection_and_backbone():
     torch.manual_seed(0)
-    model = PSPNet(backbone="tiny", backbone_weights=None, num_classes=3, bottleneck=16, proj_dim=8)
+    model = PSPNet(backbone="tiny", num_classes=3, bottleneck=16, proj_dim=8)
     x = torch.randn(2, 3, 64, 64)
     labels = torch.randint(0, 3, (2, 8, 8))
     feats, logits = model(x)

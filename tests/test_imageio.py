@@ -142,3 +142,19 @@ def test_list_images_folder_file_glob(tmp_path, rgb):
     assert [p.name for p in list_images(str(tmp_path / "*.jpg"))] == ["b.jpg"]
     with pytest.raises(FssegError, match="does not exist"):
         list_images(tmp_path / "nope")
+
+
+def test_binary_masks_from_palette_pngs_are_read_by_index(tmp_path):
+    """fsseg's own 0/1 masks (palette PNGs, index 1 drawn dark red) and VOC class maps (255 = border)."""
+    from stages.core.imageio import read_binary_mask, write_label
+
+    mask = np.zeros((5, 6), np.uint8)
+    mask[1:3, 2:4] = 1
+    write_label(tmp_path / "own.png", mask)
+    assert (read_binary_mask(tmp_path / "own.png") == mask.astype(bool)).all()
+    voc = mask * 15
+    voc[0, :] = 255  # a border is not foreground beside a class
+    write_label(tmp_path / "voc.png", voc)
+    assert (read_binary_mask(tmp_path / "voc.png") == mask.astype(bool)).all()
+    write_label(tmp_path / "white.png", mask * 255)  # 0/255: 255 is the foreground
+    assert (read_binary_mask(tmp_path / "white.png") == mask.astype(bool)).all()

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from stages.models import build
 from stages.models.hsnet import (
     CenterPivotConv4d,
     GroupNorm4d,
     HSNet,
-    IMRHSNet,
     MaskedPair,
     correlation,
     level_masks,
@@ -124,7 +124,7 @@ def voc(tmp_path_factory):
 
 def test_architecture_at_400():
     torch.manual_seed(0)
-    model = IMRHSNet(backbone="tiny", backbone_weights=None, channels=(4, 8, 16), mid=32, gate=32).eval()
+    model = build("imr_hsnet", tiny=True, backbone="tiny").eval()
     assert model.convz1.groups == 8 and model.convz1.weight.shape == (16 // 2, 32 // 2 // 8, 3, 3)
     with torch.no_grad():
         q, s = model.backbone(torch.randn(1, 3, 400, 400)), model.backbone(torch.randn(1, 3, 400, 400))
@@ -160,7 +160,7 @@ def test_taps_are_the_values_before_each_relu(backbone):
     from stages.models.backbones import feature_pyramid
 
     torch.manual_seed(0)
-    pyramid = feature_pyramid(backbone, weights=None)
+    pyramid = feature_pyramid(backbone, weights="random")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         taps = [f for level in pyramid(x) for f in level]
@@ -213,7 +213,12 @@ def test_center_pivot_conv_and_group_norm_match_their_definitions():
 
 @pytest.mark.parametrize("kind,backbone", [("imr_hsnet", "resnet50"), ("hsnet", "vgg16")])
 def test_authors_checkpoint_loads_every_tensor(voc, tmp_path, kind, backbone):
-    shapes = json.loads((REFERENCE / f"{kind}_state_dict_shapes.json").read_text())["models"][backbone]
+    listing = REFERENCE / f"{kind}_state_dict_shapes.json"
+    if not listing.is_file():
+        pytest.skip(
+            f"{listing} is absent (the authors' key listing ships beside the repo on dev and CI machines)"
+        )
+    shapes = json.loads(listing.read_text())["models"][backbone]
     gen = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(v, generator=gen) if v else torch.tensor(7)) for k, v in shapes.items()}
     for key in state:
@@ -439,10 +444,7 @@ def test_ddp_two_processes_keep_identical_weights(voc, tmp_path):
 
 
 def test_hsnet_children_are_the_backbone_and_the_learner():
-    assert {n for n, _ in HSNet(backbone="tiny", backbone_weights=None).named_children()} == {
-        "backbone",
-        "hpn_learner",
-    }
+    assert {n for n, _ in HSNet(backbone="tiny").named_children()} == {"backbone", "hpn_learner"}
 
 
 def test_mask_supervision_without_cams_on_camvid(voc, tmp_path):

@@ -118,13 +118,15 @@ def test_bootstrapped_ce_averages_the_hardest_fifth():
 def test_official_dinov2_checkpoint_loads_through_the_key_mapping(tmp_path):
     import timm
 
+    from stages.models.backbones import load_backbone_weights
     from stages.models.spino import DenseFeatures
 
     reference = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
     state = {k: v.clone() for k, v in reference.state_dict().items()}
     state["mask_token"] = torch.zeros(1, 384)  # the official file has it; timm's model does not
-    torch.save(state, tmp_path / "dinov2_vits14_pretrain.pth")
-    features = DenseFeatures(name="dinov2_vits14", weights=tmp_path / "dinov2_vits14_pretrain.pth")
+    path = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(state, path)
+    features = load_backbone_weights(DenseFeatures(name="dinov2_vits14"), path)
     loaded = features.net.state_dict()
     assert set(loaded) == set(state) - {"mask_token"}
     for key, value in loaded.items():
@@ -378,9 +380,7 @@ def test_train_panoptic_ddp_two_processes_keep_identical_weights(street, tmp_pat
 def test_panoptic_model_shapes_and_trainable_parts(backbone):
     from stages.models.spino import PanopticDeepLab
 
-    model = PanopticDeepLab(
-        backbone=backbone, num_classes=5, backbone_weights=None, channels=16, head_channels=8
-    )
+    model = PanopticDeepLab(backbone=backbone, num_classes=5, channels=16, head_channels=8)
     out = model(torch.zeros(2, 3, 56, 112))  # sides: multiples of the ViT's 14
     assert out["semantic"].shape == (2, 5, 56, 112) and out["center"].shape == (2, 1, 56, 112)
     assert out["offset"].shape == (2, 2, 56, 112)

@@ -207,7 +207,7 @@ def describe_input(path: str | os.PathLike) -> dict[str, Any]:
         raise FssegError(f"input not found: {path}; check the path")
     manifest = path / MANIFEST_NAME
     if manifest.is_file():
-        kind = json.loads(manifest.read_text()).get("kind")
+        kind = read_manifest(path).get("kind")  # a corrupt manifest: one line naming it
         return {"path": str(path), "kind": kind, "manifest_sha256": sha256_file(manifest)}
     if path.is_file():
         return {"path": str(path), "sha256": sha256_file(path)}

@@ -142,7 +142,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if unsafe is None:
             raise FssegError(
-                f"cannot read checkpoint {path}: the file is corrupt or not a torch checkpoint"
+                f"cannot read checkpoint {path}: the file is corrupt or not a torch checkpoint; pass one that "
+                f"fsseg (or torch.save) wrote"
             ) from None
         raise FssegError(
             f"{path} holds a Python object ({unsafe.group(1)}) beyond tensors and plain containers, so fsseg "
@@ -187,7 +188,9 @@ def build_from_checkpoint(
         raise FssegError(
             f"{path} names model {name!r}, unknown to this fsseg; known: {', '.join(sorted(MODELS))}"
         )
-    model = builder(name)(**data["model_kwargs"])
+    # fsseg 0.2.0 and earlier saved `backbone_weights` (None) among the kwargs: the state dict holds them
+    kwargs = {k: v for k, v in data["model_kwargs"].items() if k != "backbone_weights"}
+    model = builder(name)(**kwargs)
     try:
         result = model.load_state_dict(data["state_dict"], strict=False)
     except RuntimeError as err:

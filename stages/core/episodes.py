@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from stages.core.artifacts import atomic_write_text
-from stages.core.datasets import Dataset
+from stages.core.datasets import Dataset, open_dataset
 from stages.core.datasets.base import check_id
 from stages.core.errors import FssegError
+from stages.core.validation import check_episodes, episode_groups
 
 log = logging.getLogger(__name__)
 
@@ -238,19 +239,18 @@ def read_episodes(path: str | Path) -> dict[str, Any]:
 def _check_episode_ids(path: Path, document: dict[str, Any]) -> None:
     """Every image id of every episode is a plain name (FSS-1000: `class/N`): ids name output
     files, so one like `../../x` would write outside `--out`."""
-    episodes = document.get("episodes")
-    if not isinstance(episodes, list) or not all(isinstance(ep, dict) for ep in episodes):
-        raise FssegError(f"{path} has no list of episodes; regenerate it with `fsseg data episodes`")
     parts = 2 if document.get("dataset") == "fss1000" else 1
     fix = "image ids must be plain names as the dataset lists them; regenerate it with `fsseg data episodes`"
-    for i, ep in enumerate(episodes):
-        supports = ep.get("supports", {})  # gfss: class -> support ids
-        groups = [
-            [ep.get("query")],
-            ep.get("support", []),
-            [] if ep.get("base_query") is None else [ep["base_query"]],
-            *(supports.values() if isinstance(supports, dict) else [supports]),
-        ]
-        for group in groups:
-            for image_id in group if isinstance(group, list) else [group]:
+    for i, _, _, ids in episode_groups(document, path):
+        for image_id in ids if isinstance(ids, list) else [ids]:
+            if image_id is not None:  # a missing one: check_episodes says which episode lacks what
                 check_id(image_id, f"{path} (episode {i})", parts=parts, fix=fix)
+
+
+def open_episodes(path: str | Path, root: str | Path | None = None) -> tuple[dict[str, Any], Dataset]:
+    """The episodes file at `path` and the dataset its episodes come from (at `root` when it
+    moved since), checked against each other (`check_episodes`)."""
+    doc = read_episodes(path)
+    dataset = open_dataset(doc["dataset"], root or doc["root"], doc["split"])
+    check_episodes(doc, dataset, path)
+    return doc, dataset

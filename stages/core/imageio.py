@@ -93,7 +93,15 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_binary_mask(path: str | os.PathLike) -> np.ndarray:
-    """A foreground mask (H, W) bool from any image: 0/1 or 0/255, grey, palette or RGB (channels averaged)."""
+    """A foreground mask (H, W) bool from any image: 0/1 or 0/255, grey or RGB (channels averaged), or a
+    palette PNG by its indices (fsseg's own 0/1 masks; a VOC class map: any class, 255 borders excluded
+    unless 255 is the only foreground value)."""
+    with _open(path) as img:
+        palette = img.mode == "P"
+    if palette:
+        ids = read_label(path)
+        inner = (ids > 0) & (ids < 255)
+        return inner if inner.any() else ids > 0
     values = read_image(path).mean(axis=2)
     return values > (127 if values.max() > 1 else 0)
 
@@ -197,5 +205,7 @@ def list_images(source: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXT
     else:
         raise FssegError(f"{source_str} does not exist; pass an image folder, an image file or a glob")
     if not files:
-        raise FssegError(f"no images ({', '.join(extensions)}) found in {source_str}")
+        raise FssegError(
+            f"no images ({', '.join(extensions)}) found in {source_str}; pass a folder, file or glob of images"
+        )
     return sorted(files)

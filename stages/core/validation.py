@@ -4,8 +4,11 @@
   its image's size. Without it one stage fails with a traceback on an id like 300 (a lookup
   table of 256 entries), another trains silently on nonsense (an id like 200 counted as
   background); with it every stage refuses the file the same way.
+- `episode_groups`: the one walk over an episodes document (every episode's query, supports and
+  base query), which both checks of episodes files take: the ids' at read time
+  (`stages.core.episodes`) and `check_episodes`.
 - `check_episodes`: every episode of an episodes file names classes the dataset has, and has
-  its supports.
+  its query and supports.
 - `check_predicted_for`: predictions scored against an episodes file were made for that file
   (the predicting artifact's manifest names its episodes input by sha256).
 """
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,28 @@ def checked_label(ds, sample, label: np.ndarray, image_shape: tuple[int, ...] | 
     return label
 
 
+def episode_groups(doc: dict[str, Any], path: str | Path) -> Iterator[tuple[int, str, Any, Any]]:
+    """(episode index, what, class, image ids) for every group of images of every episode of an
+    episodes document, as the document holds them (unchecked): the query (one id), the supports
+    (a list; per class under a gfss episode's "supports", where the class is the key) and the base
+    query (one id, where there is one). The class is the episode's for fss supports, None for the
+    query. A gfss "supports" that is not a dict is one support group of no class and no ids.
+    FssegError when the document has no list of episodes (dicts)."""
+    episodes = doc.get("episodes")
+    if not isinstance(episodes, list) or not all(isinstance(ep, dict) for ep in episodes):
+        raise FssegError(f"{path} has no list of episodes; regenerate it with `fsseg data episodes`")
+    for i, ep in enumerate(episodes):
+        yield i, "query", None, ep.get("query")
+        if "supports" not in ep:
+            yield i, "support", ep.get("class"), ep.get("support")
+        elif isinstance(ep["supports"], dict) and ep["supports"]:
+            yield from ((i, f"support (class {c})", c, ids) for c, ids in ep["supports"].items())
+        else:
+            yield i, "support", None, None
+        if ep.get("base_query") is not None:
+            yield i, "base query", None, ep["base_query"]
+
+
 def check_episodes(doc: dict[str, Any], ds, path: str | Path) -> None:
     """FssegError naming the episodes file, the episode and the fix when an episode has no
     query, no supports, or a class `ds` lacks, or when the file's class list is not the dataset's."""
@@ -54,11 +80,10 @@ def check_episodes(doc: dict[str, Any], ds, path: str | Path) -> None:
             f"{path} was made for the classes {', '.join(map(str, names[:4]))}, ... but {ds.name} at {ds.root} "
             f"has {', '.join(ds.class_names[:4])}, ...; {fix}"
         )
-    episodes = doc.get("episodes")
-    if not isinstance(episodes, list) or not episodes:
+    if not doc.get("episodes"):
         raise FssegError(f"{path} holds no episodes; {fix}")
 
-    def known(cls: Any, where: str) -> int:
+    def known(cls: Any, where: str) -> None:
         try:
             value = int(cls)
         except (TypeError, ValueError):
@@ -68,27 +93,19 @@ def check_episodes(doc: dict[str, Any], ds, path: str | Path) -> None:
                 f"{path}: {where} has class {cls!r}, which {ds.name} lacks (its classes are "
                 f"0..{ds.num_classes - 1}); {fix}"
             )
-        return value
-
-    def images(ids: Any, i: int, what: str) -> None:
-        if not isinstance(ids, list) or not ids or not all(isinstance(s, str) and s for s in ids):
-            raise FssegError(f"{path}: episode {i} has no {what} images (an empty or malformed list); {fix}")
 
     for key in ("novel_classes", "base_classes"):
         for cls in doc.get(key) or []:
             known(cls, key)
-    for i, ep in enumerate(episodes):
-        if not isinstance(ep, dict) or not isinstance(ep.get("query"), str) or not ep["query"]:
-            raise FssegError(f"{path}: episode {i} has no query image; {fix}")
-        if "supports" in ep:  # standard gfss: every novel class
-            if not isinstance(ep["supports"], dict) or not ep["supports"]:
-                raise FssegError(f"{path}: episode {i} has no supports; {fix}")
-            for cls, ids in ep["supports"].items():
-                known(cls, f"episode {i}")
-                images(ids, i, f"support (class {cls})")
-        else:
-            known(ep.get("class"), f"episode {i}")
-            images(ep.get("support"), i, "support")
+    for i, what, cls, ids in episode_groups(doc, path):
+        if what.startswith("support"):
+            if not isinstance(ids, list) or not ids or not all(isinstance(s, str) and s for s in ids):
+                raise FssegError(
+                    f"{path}: episode {i} has no {what} images (an empty or malformed list); {fix}"
+                )
+            known(cls, f"episode {i}")
+        elif not isinstance(ids, str) or not ids:
+            raise FssegError(f"{path}: episode {i} has no {what} image; {fix}")
 
 
 def _predicting_manifest(pred_dir: Path) -> dict[str, Any] | None:

@@ -44,8 +44,9 @@ def hf_repo_present(repo_id: str) -> Path | None:
 
 @contextlib.contextmanager
 def backbone_weights_fit(weights: str | os.PathLike | None, backbone: str) -> Iterator[None]:
-    """Around building a model: a `--backbone-weights` file whose tensors do not fit `backbone`
-    (another network's state dict) becomes one line instead of load_state_dict's traceback."""
+    """Around loading backbone weights (`load_backbone_weights`): a `--backbone-weights` file whose
+    tensors do not fit `backbone` (another network's state dict) becomes one line instead of
+    load_state_dict's traceback."""
     try:
         yield
     except (RuntimeError, KeyError) as err:

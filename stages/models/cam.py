@@ -1,7 +1,7 @@
 """Class activation maps from label text: CLIP (open_clip) and ImageNet (EfficientNet-Lite0) scorers.
 
 A `CamScorer` turns a batch of images (B, 3, S, S) into per-label scores (B, L) and names the
-module whose output is the CAM's target layer. `class_activation_maps` runs one batched
+module whose output is the CAM's target layer. `cams_and_presence` runs one batched
 forward and one backward, with the graph recorded only from the target layer on (a forward
 hook swaps its output for a detached leaf), and combines activations A and gradients G:
 
@@ -11,7 +11,9 @@ hook swaps its output for a detached leaf), and combines activations A and gradi
 - hirescam:  relu(sum_c G_c A_c)
 - dense:     (ResNet CLIPs) MaskCLIP: attention pooling's value and output projections applied
              to every position, cosine (or class softmax) with the text embedding; no gradient.
-Each map is min-max normalised to [0, 1] per image, as pytorch-grad-cam does.
+Each map is min-max normalised to [0, 1] per image, as pytorch-grad-cam does, so every map has
+a hottest spot whether or not the label is in the image: the same forward pass also gives a
+presence score per image (`CamScorer.presence`), which says how likely the label is there.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 METHODS = get_args(CamMethod)
 BACKENDS = ("auto", "clip", "imagenet")
 TEMPLATES = ["a photo of a {}."]
+# The imagenet backend's presence score (see `imagenet_presence`): (penalty, slope, bias), fitted by
+# examples/clip_cam_presence.py on COCO-mini train2017 (61 classes x 80 images).
+IMAGENET_PRESENCE = (0.2, 0.694, -4.099)
 ENSEMBLE_TEMPLATES = [
     "a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a bright photo of a {}.",
     "a cropped photo of a {}.", "a photo of a large {}.", "a photo of a small {}.",
@@ -54,6 +59,12 @@ class CamScorer:
     )  # target output -> (B, C, h, w)
     dense: Callable[[torch.Tensor], torch.Tensor] | None = None  # target output -> (B, L, h, w) dense scores
     native_size: int | None = None  # input side the network requires (ViT CLIPs)
+    # network output -> (B, L) presence scores (how likely each label is in the image); None: `score`
+    presence: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.presence is None:
+            self.presence = self.score
 
     def to(self, device: torch.device) -> CamScorer:
         self.network.to(device)
@@ -101,22 +112,28 @@ def minmax(cam: torch.Tensor) -> torch.Tensor:
     return cam / (hi + 1e-7)
 
 
-def class_activation_maps(
+def cams_and_presence(
     scorer: CamScorer,
     images: torch.Tensor,
     weights: torch.Tensor,
     *,
     method: str = "gradcam",
     autocast: Callable[[], object] | None = None,
-) -> torch.Tensor:
-    """CAMs (B, h, w) in [0, 1] at the target layer's resolution.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CAMs (B, h, w) in [0, 1] at the target layer's resolution, and presence scores (B,), from
+    one forward pass.
 
     `images`: uint8 (B, 3, S, S) on the scorer's device; `weights`: (B, L) per-image weights of
-    the label scores (a one-hot row picks the target label), so score_b = sum_l w_bl s_bl.
+    the label scores (a one-hot row picks the target label), so score_b = sum_l w_bl s_bl, and
+    likewise presence_b = sum_l w_bl p_bl.
     """
     x = normalise_batch(images, scorer.mean, scorer.std).to(next(scorer.network.parameters()).dtype)
     captured: dict[str, torch.Tensor] = {}
     context = autocast or (lambda: torch.autocast(x.device.type, enabled=False))
+
+    def presence(output: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return (_at_least_fp32(scorer.presence(output.detach())) * weights).sum(1)
 
     if method == "dense":
         if scorer.dense is None:
@@ -128,11 +145,11 @@ def class_activation_maps(
         handle = scorer.target.register_forward_hook(keep)
         try:
             with torch.no_grad(), context():
-                scorer.network(x)
+                output = scorer.network(x)
                 dense = _at_least_fp32(scorer.dense(captured["acts"]))  # (B, L, h, w)
         finally:
             handle.remove()
-        return minmax((dense * weights[:, :, None, None]).sum(1))
+        return minmax((dense * weights[:, :, None, None]).sum(1)), presence(output)
 
     def leaf(module, args, output):
         output = output.detach().requires_grad_(True)
@@ -142,14 +159,14 @@ def class_activation_maps(
     handle = scorer.target.register_forward_hook(leaf)
     try:
         with torch.enable_grad(), context():
-            scores = scorer.score(scorer.network(x))
-            total = (_at_least_fp32(scores) * weights).sum()
+            output = scorer.network(x)
+            total = (_at_least_fp32(scorer.score(output)) * weights).sum()
         (grads,) = torch.autograd.grad(total, captured["acts"])
     finally:
         handle.remove()
     acts = _at_least_fp32(scorer.to_grid(captured["acts"].detach()))
     grads = _at_least_fp32(scorer.to_grid(grads))
-    return minmax(combine(method, acts, grads))
+    return minmax(combine(method, acts, grads)), presence(output)
 
 
 # ----------------------------------------------------------------------------- scorers
@@ -160,10 +177,27 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def imagenet_presence(
+    max_logit: torch.Tensor,
+    n_classes: torch.Tensor,
+    calibration: tuple[float, float, float] = IMAGENET_PRESENCE,
+) -> torch.Tensor:
+    """How likely a label is in the image, from m = the largest logit among its n ImageNet classes:
+    sigmoid(slope * (m - penalty * ln n) + bias). MaxLogit separated present from absent labels
+    better than the softmax mass of their classes on COCO-mini; the penalty offsets the higher
+    maximum of many classes (dog has 118), which otherwise keeps half of the dog-free photos."""
+    penalty, slope, bias = calibration
+    return torch.sigmoid(slope * (max_logit - penalty * n_classes.log()) + bias)
+
+
 def imagenet_scorer(
-    label_classes: Sequence[Sequence[int]], weights: str | Path | None = "imagenet"
+    label_classes: Sequence[Sequence[int]],
+    weights: str | Path | None = "imagenet",
+    *,
+    calibration: tuple[float, float, float] | None = IMAGENET_PRESENCE,
 ) -> CamScorer:
-    """EfficientNet-Lite0: the score of a label is the sum of its ImageNet classes' logits."""
+    """EfficientNet-Lite0: the score of a label is the sum of its ImageNet classes' logits; its
+    presence is `imagenet_presence` (`calibration` None: the largest logit, what it is fitted on)."""
     from stages.models.backbones import LITE0_MEAN, LITE0_STD, efficientnet_lite0
 
     network = _freeze(efficientnet_lite0(weights=weights))
@@ -174,7 +208,14 @@ def imagenet_scorer(
     def score(logits: torch.Tensor) -> torch.Tensor:
         return logits.float() @ selector.to(logits.device).T
 
-    return CamScorer(network, network.bn2, LITE0_MEAN, LITE0_STD, score)
+    def presence(logits: torch.Tensor) -> torch.Tensor:
+        outside = selector.to(logits.device) == 0  # (L, 1000)
+        best = logits.float()[:, None, :].masked_fill(outside, -torch.inf).amax(-1)  # (B, L)
+        if calibration is None:
+            return best
+        return imagenet_presence(best, selector.sum(1).to(best.device), calibration)
+
+    return CamScorer(network, network.bn2, LITE0_MEAN, LITE0_STD, score, presence=presence)
 
 
 def clip_weights_present(model_name: str, pretrained: str) -> bool:
@@ -239,7 +280,8 @@ def text_embeddings(
 
 
 def clip_scorer(model, text: torch.Tensor, *, score: str = "cosine") -> CamScorer:
-    """CLIP image encoder + fixed text embeddings. score: "cosine" or "softmax" over the labels."""
+    """CLIP image encoder + fixed text embeddings. score: "cosine" or "softmax" over the labels;
+    the presence score is that same prompt score (not calibrated: no CLIP weights offline)."""
     from open_clip.model import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
@@ -360,11 +402,10 @@ class LabelCams:
             scorer = imagenet_scorer([imagenet_classes(t) for t in labels]).to(device)
         return cls(scorer, labels, method, input_size, device, precision)
 
-    def __call__(self, images: Sequence, labels: Sequence[str]) -> list:
-        """uint8 RGB arrays (H, W, 3) and their labels -> float32 CAMs (H, W) in [0, 1]."""
-        from stages.core import devices
-
-        batch = torch.stack(
+    def input_batch(self, images: Sequence) -> torch.Tensor:
+        """uint8 RGB arrays (H, W, 3) -> the network input, uint8 (B, 3, S, S) on the device: each
+        whole image resized to S x S (no crop)."""
+        return torch.stack(
             [
                 F.interpolate(
                     torch.from_numpy(img).permute(2, 0, 1)[None].float(),
@@ -379,19 +420,35 @@ class LabelCams:
                 for img in images
             ]
         ).to(self.device)
+
+    def __call__(self, images: Sequence, labels: Sequence[str]) -> CamBatch:
+        """uint8 RGB arrays (H, W, 3) and their labels -> float32 CAMs (H, W) in [0, 1], with
+        each image's presence score of its label."""
+        from stages.core import devices
+
         weights = torch.zeros(len(images), len(self.labels), device=self.device)
         for row, label in enumerate(labels):
             weights[row, self.labels.index(label)] = 1.0
-        maps = class_activation_maps(
+        maps, presence = cams_and_presence(
             self.scorer,
-            batch,
+            self.input_batch(images),
             weights,
             method=self.method,
             autocast=lambda: devices.autocast(self.device, self.precision),
-        ).cpu()
-        return [
+        )
+        resized = [
             F.interpolate(cam[None, None], size=img.shape[:2], mode="bilinear", align_corners=False)[0, 0]
             .clamp(0, 1)
             .numpy()
-            for img, cam in zip(images, maps, strict=True)
+            for img, cam in zip(images, maps.cpu(), strict=True)
         ]
+        return CamBatch(resized, presence.cpu().tolist())
+
+
+class CamBatch(list):
+    """The CAMs of a batch (a list of float32 (H, W) maps) and `presence`: one score per map, how
+    likely its label is in its image (see `CamScorer.presence`)."""
+
+    def __init__(self, maps: Sequence, presence: Sequence[float]):
+        super().__init__(maps)
+        self.presence = list(presence)

@@ -292,15 +292,9 @@ def _match_support(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class HSNet(nn.Module):
     """HSNet: frozen pyramid backbone + hypercorrelation squeeze + decoder."""
 
-    def __init__(
-        self,
-        *,
-        backbone: str = "resnet50",
-        backbone_weights: str | None = "imagenet",
-        channels: Sequence[int] = (16, 64, 128),
-    ):
+    def __init__(self, *, backbone: str = "resnet50", channels: Sequence[int] = (16, 64, 128)):
         super().__init__()
-        self.backbone = feature_pyramid(backbone, weights=backbone_weights)
+        self.backbone = feature_pyramid(backbone, weights="random")  # load_backbone_weights loads them
         counts = [len(level) for level in self.backbone.channels]
         self.hpn_learner = HypercorrSqueeze((counts[2], counts[1], counts[0]), channels=channels)
 
@@ -317,14 +311,13 @@ class IMRHSNet(nn.Module):
         self,
         *,
         backbone: str = "resnet50",
-        backbone_weights: str | None = "imagenet",
         channels: Sequence[int] = (16, 64, 128),
         mid: int = 512,
         gate: int = 512,
         state_size: int = 50,
     ):
         super().__init__()
-        self.backbone = feature_pyramid(backbone, weights=backbone_weights)
+        self.backbone = feature_pyramid(backbone, weights="random")  # load_backbone_weights loads them
         counts = [len(level) for level in self.backbone.channels]
         self.hpn_learner = HypercorrSqueeze(
             (counts[2], counts[1], counts[0]), channels=channels, decoder=False

@@ -41,24 +41,19 @@ class _DilatedTiny(nn.Module):
 
 
 class DilatedBackbone(nn.Module):
-    """Backbone returning one map at output stride 8."""
+    """Backbone returning one map at output stride 8 (random init; `load_backbone_weights` loads weights)."""
 
-    def __init__(self, *, name: str, weights: str | None):
+    def __init__(self, *, name: str):
         super().__init__()
         self.name = name
-        weights = None if weights in (None, "random", "None") else weights
         if name == "resnet50":
             import torchvision.models as tvm
 
-            from stages.models.backbones import _torchvision_weights
-
             net = tvm.resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
-            if weights is not None:
-                net.load_state_dict(_torchvision_weights("resnet50", weights))
             net.fc = nn.Identity()
             self.net, self.out_channels = net, 2048
         elif name == "efficientnet_lite0":
-            net = efficientnet_lite0(weights=weights)
+            net = efficientnet_lite0(weights="random")
             # output stride 8: the stride-2 depthwise convs of the last stride-16/32 stages become dilated
             _dilate_efficientnet(net)
             self.net, self.out_channels = net, 320
@@ -133,7 +128,6 @@ class PSPNet(nn.Module):
         self,
         *,
         backbone: str = "resnet50",
-        backbone_weights: str | None = "imagenet",
         num_classes: int,
         bins: Sequence[int] = (1, 2, 3, 6),
         bottleneck: int = 512,
@@ -141,7 +135,7 @@ class PSPNet(nn.Module):
         dropout: float = 0.1,
     ):
         super().__init__()
-        self.backbone = DilatedBackbone(name=backbone, weights=backbone_weights)
+        self.backbone = DilatedBackbone(name=backbone)
         self.ppm = PyramidPooling(self.backbone.out_channels, bins)
         self.bottleneck = nn.Sequential(
             nn.Conv2d(self.ppm.out_channels, bottleneck, 3, padding=1, bias=False),

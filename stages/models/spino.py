@@ -13,9 +13,7 @@ Panoptic-DeepLab-style panoptic model with its post-processing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,13 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.core.errors import FssegError
-from stages.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+from stages.models.backbones import DINOV2, IMAGENET_MEAN, IMAGENET_STD
 
-DINOV2 = {
-    "dinov2_vits14": "vit_small_patch14_dinov2",
-    "dinov2_vitb14": "vit_base_patch14_dinov2",
-    "dinov2_vitl14": "vit_large_patch14_dinov2",
-}
 BACKBONES = (*DINOV2, "efficientnet_lite0", "tiny")
 
 
@@ -73,52 +66,21 @@ def bootstrapped_ce(
     return valid.topk(max(1, int(top * valid.numel()))).values.mean()
 
 
-def _dinov2_state_dict(name: str, weights: str, model: nn.Module) -> dict[str, torch.Tensor]:
-    """DINOv2 weights: "auto" (torch hub's cache, then timm's Hugging Face cache) or a file of the
-    official checkpoint (facebookresearch/dinov2 key names) or of timm's."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    from stages.core.weights import torch_hub_checkpoints
-
-    size = name[-3]  # s / b / l
-    if weights == "auto":
-        path = torch_hub_checkpoints() / f"dinov2_vit{size}14_pretrain.pth"
-        if not path.is_file():
-            import timm
-
-            try:  # timm's hub copy (Hugging Face cache; downloads when the network allows)
-                return timm.create_model(f"{DINOV2[name]}.lvd142m", pretrained=True).state_dict()
-            except Exception as err:
-                raise FssegError(
-                    f"DINOv2 {name} weights are not in {path.parent} nor in the Hugging Face cache and could "
-                    f"not be downloaded ({str(err).splitlines()[0][:80]}); put dinov2_vit{size}14_pretrain.pth "
-                    f"there, pass --backbone-weights FILE, or --backbone-weights random"
-                ) from None
-    else:
-        path = Path(weights)
-    if not path.is_file():
-        raise FssegError(f"backbone weights file not found: {path}; pass the DINOv2 .pth file")
-    from stages.core.checkpoints import load_checkpoint  # one-line errors for files that are no weights
-
-    state = load_checkpoint(path)
-    return checkpoint_filter_fn(state, model)  # official names -> timm (drops mask_token, resizes pos_embed)
-
-
 class DenseFeatures(nn.Module):
     """A frozen backbone returning one dense map: (B, 3, H, W) -> (B, C, H/stride, W/stride).
 
-    H and W must be multiples of `multiple` (14 for ViTs, 32 for Lite0)."""
+    H and W must be multiples of `multiple` (14 for ViTs, 32 for Lite0). Random init:
+    `load_backbone_weights` loads the pretrained weights."""
 
-    def __init__(self, *, name: str, weights: str | os.PathLike | None = "auto"):
+    def __init__(self, *, name: str):
         super().__init__()
         if name not in BACKBONES:
             raise FssegError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-        weights = None if weights in (None, "random", "None") else str(weights)
         self.name = name
         if name == "efficientnet_lite0":
             from stages.models.backbones import NORMALISATION, feature_pyramid
 
-            self.net = feature_pyramid(name, weights="imagenet" if weights == "auto" else weights)
+            self.net = feature_pyramid(name, weights="random")
             self.stride, self.multiple = 16, 32
             self.out_channels = self.net.channels[1][-1] + self.net.channels[2][-1]
             self.mean, self.std = NORMALISATION[name]
@@ -136,8 +98,6 @@ class DenseFeatures(nn.Module):
                 self.net = timm.create_model(
                     DINOV2[name], pretrained=False, num_classes=0, dynamic_img_size=True
                 )
-                if weights is not None:
-                    self.net.load_state_dict(_dinov2_state_dict(name, weights, self.net))
             self.stride = self.multiple = 14
             self.out_channels = self.net.embed_dim
             self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
@@ -218,19 +178,13 @@ def _conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
 class _ResNet50(nn.Module):
     """Trainable ResNet50 at output stride 16 (last stage dilated)."""
 
-    def __init__(self, weights: str | None):
+    def __init__(self):
         super().__init__()
         import torchvision.models as tvm
 
-        from stages.models.backbones import _torchvision_weights
-
         net = tvm.resnet50(weights=None, replace_stride_with_dilation=[False, False, True])
-        if weights is not None:
-            net.load_state_dict(
-                _torchvision_weights("resnet50", "imagenet" if weights == "auto" else weights)
-            )
         net.fc = nn.Identity()
-        self.net, self.stride, self.multiple, self.out_channels = net, 16, 32, 2048
+        self.name, self.net, self.stride, self.multiple, self.out_channels = "resnet50", net, 16, 32, 2048
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
 
     normalise = DenseFeatures.normalise
@@ -245,23 +199,11 @@ class PanopticDeepLab(nn.Module):
     """Panoptic-DeepLab-style model: backbone -> adapter -> semantic, center and offset heads.
 
     Frozen backbones (DINOv2, Lite0, tiny) get a light trainable adapter (1x1 + 3x3 conv);
-    ResNet50 is trained end to end."""
+    ResNet50 is trained end to end. Random init: `load_backbone_weights` loads the backbone's."""
 
-    def __init__(
-        self,
-        *,
-        backbone: str,
-        num_classes: int,
-        backbone_weights: str | None = None,
-        channels: int = 256,
-        head_channels: int = 128,
-    ):
+    def __init__(self, *, backbone: str, num_classes: int, channels: int = 256, head_channels: int = 128):
         super().__init__()
-        self.backbone = (
-            _ResNet50(None if backbone_weights in (None, "random") else backbone_weights)
-            if backbone == "resnet50"
-            else DenseFeatures(name=backbone, weights=backbone_weights)
-        )
+        self.backbone = _ResNet50() if backbone == "resnet50" else DenseFeatures(name=backbone)
         self.adapter = nn.Sequential(
             _conv_bn(self.backbone.out_channels, channels, 1), _conv_bn(channels, channels)
         )

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from stages.core import devices, distributed, training
-from stages.core.datasets import open_dataset
-from stages.core.episodes import read_episodes
+from stages.core.episodes import open_episodes
 from stages.core.errors import FssegError
 from stages.core.imageio import load_float_map, read_image
 from stages.core.metrics import FssMeter
 from stages.core.validation import checked_label
-from stages.models.backbones import network_input
-from stages.models.hsnet import HSNet, IMRHSNet, final_mask, initial_mask
+from stages.models import build, model_kwargs
+from stages.models.backbones import load_backbone_weights, network_input
+from stages.models.hsnet import final_mask, initial_mask
 from stages.params import EpisodicTrainParams
 from stages.pretrain import LAST, Run, Trained
 
@@ -52,8 +52,9 @@ class EpisodeData:
         """(image (3, s, s), target (s, s) 0/1/255, initial mask (1, h, w)): the CAM at the finest
         feature size, or without CAMs the ground-truth mask, as the authors feed them (`initial_mask`)."""
         sample = self.ds.sample(image_id)
-        image = network_input(read_image(sample.image), self.size, self.backbone, resize="pil")[0]
-        label = checked_label(self.ds, sample, self.ds.load_label(sample))
+        pixels = read_image(sample.image)
+        image = network_input(pixels, self.size, self.backbone, resize="pil")[0]
+        label = checked_label(self.ds, sample, self.ds.load_label(sample), pixels.shape)
         label = torch.from_numpy(label.astype(np.int64))[None, None].float()
         label = F.interpolate(label, size=(self.size, self.size), mode="nearest")[0, 0].long()
         target = torch.where(label == self.ds.ignore_index, 255, (label == cls).long())
@@ -101,16 +102,14 @@ def _batches(items: Sequence, size: int):
 # ----------------------------------------------------------------------------- model and loss
 def settled(p: EpisodicTrainParams, base: list[int]) -> dict[str, Any]:
     """What the run settles beyond the record: the optimizer, the per-step loss weights and the
-    model's constructor arguments (`backbone_weights` None: the checkpoint holds the weights)."""
-    kwargs: dict[str, Any] = {
-        "backbone": p.backbone,
-        "backbone_weights": None,
-        "channels": [4, 8, 16] if p.tiny else [16, 64, 128],
-    }
-    if p.method == "imr-hsnet":
-        width = 32 if p.tiny else 512
-        kwargs |= {"mid": width, "gate": width, "state_size": p.img_size // 8}
+    model's constructor arguments (the backbone's weights are loaded after it is built)."""
+    state = {"state_size": p.img_size // 8} if p.method == "imr-hsnet" else {}
+    kwargs = model_kwargs(_model_name(p), tiny=p.tiny, backbone=p.backbone, **state)
     return {"optimizer": "adam", "lambda_t": step_weights(p), "model_kwargs": kwargs}
+
+
+def _model_name(p: EpisodicTrainParams) -> str:
+    return "imr_hsnet" if p.method == "imr-hsnet" else "hsnet"
 
 
 def step_weights(p: EpisodicTrainParams) -> list[float]:
@@ -213,8 +212,8 @@ def train(
     """The episodic training loop inside the open artifact `art`; `cams`: the clip-cam artifact of
     the training images (required for imr-hsnet), `val_cams` that of the validation episodes."""
     # 1. the model: a frozen backbone and the learner, trained with Adam; resumed from last.pt
-    cls = IMRHSNet if p.method == "imr-hsnet" else HSNet
-    model = cls(**(run.model_kwargs | {"backbone_weights": p.backbone_weights})).to(run.dev)
+    model_name = _model_name(p)
+    model = load_backbone_weights(build(model_name, **run.model_kwargs), p.backbone_weights).to(run.dev)
     model.backbone.eval()
     trainable = [w for name, w in model.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.Adam(trainable, lr=p.lr)
@@ -226,17 +225,13 @@ def train(
     # 2. the data: training pairs; the validation episodes and their initial masks
     data = EpisodeData(run.ds, p.img_size, p.backbone, cams)
     pairs, by_class = training_pairs(p, run, data)
-    val_doc = read_episodes(val_episodes) if val_episodes else None
+    val_doc, val_ds = open_episodes(val_episodes) if val_episodes else (None, run.ds)
     val_data = EpisodeData(
-        run.ds if val_doc is None else open_dataset(val_doc["dataset"], val_doc["root"], val_doc["split"]),
-        p.img_size,
-        p.backbone,
-        val_cams or (cams if p.method == "imr-hsnet" else None),
+        val_ds, p.img_size, p.backbone, val_cams or (cams if p.method == "imr-hsnet" else None)
     )
 
     # 3. the epochs: new episodes, a pass, validation, checkpoints (best in percent)
     per_epoch = min(p.episodes_per_epoch or len(pairs), len(pairs))
-    name = "imr_hsnet" if p.method == "imr-hsnet" else "hsnet"
     for epoch in range(start_epoch, p.epochs):
         started = time.time()
         episodes = epoch_episodes(pairs, by_class, per_epoch, training.derived_seed(p.seed, epoch))
@@ -252,7 +247,9 @@ def train(
         history.append(row)
         shown = "" if score is None else f", val mIoU {score:.2f} (best {best:.2f})"
         log.info("epoch %d/%d: loss %.4f%s", epoch + 1, p.epochs, row["loss"] or 0, shown)
-        training.end_epoch(art, model, name, run.model_kwargs, optimizer, history, best, is_best, run.dist)
+        training.end_epoch(
+            art, model, model_name, run.model_kwargs, optimizer, history, best, is_best, run.dist
+        )
 
     label_map = {str(c): run.ds.class_names[c] for c in run.base}
     return Trained(history, best, trainable, label_map, {"training_pairs": len(pairs)})

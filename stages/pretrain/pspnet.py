@@ -24,7 +24,8 @@ from stages.core import devices, distributed, training
 from stages.core.datasets import open_dataset
 from stages.core.imageio import read_image
 from stages.core.validation import checked_label
-from stages.models.backbones import network_input
+from stages.models import model_kwargs
+from stages.models.backbones import load_backbone_weights, network_input
 from stages.params import PSPNetTrainParams
 from stages.pretrain import LAST, Run, Trained
 
@@ -57,14 +58,8 @@ class SegmentationData:
 
 def settled(p: PSPNetTrainParams, base: list[int]) -> dict[str, Any]:
     """What the run settles beyond the record: the optimizer, schedule and augmentation, and the
-    model's constructor arguments (`backbone_weights` None: the checkpoint holds the weights)."""
-    kwargs = {
-        "backbone": p.backbone,
-        "backbone_weights": None,
-        "num_classes": len(base) + 1,
-        "bottleneck": 32 if p.tiny else 512,
-        "proj_dim": 16 if p.tiny else 128,
-    }
+    model's constructor arguments (the backbone's weights are loaded after it is built)."""
+    kwargs = model_kwargs("pspnet", tiny=p.tiny, backbone=p.backbone, num_classes=len(base) + 1)
     return {"optimizer": "sgd", "schedule": "cosine", "augmentation": "random mirror", "model_kwargs": kwargs}
 
 
@@ -160,12 +155,10 @@ def train_epoch(
 
 def train(art, p: PSPNetTrainParams, run: Run) -> Trained:
     """The PSPNet training loop inside the open artifact `art`."""
-    from stages.core.weights import backbone_weights_fit
     from stages.models.pspnet import PSPNet
 
     # 1. the model, trained whole with SGD; resumed from last.pt
-    with backbone_weights_fit(p.backbone_weights, p.backbone):
-        model = PSPNet(**(run.model_kwargs | {"backbone_weights": p.backbone_weights})).to(run.dev)
+    model = load_backbone_weights(PSPNet(**run.model_kwargs), p.backbone_weights).to(run.dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
     start_epoch, best, history = training.resume(art.path / LAST, model, optimizer, run.dev)
     net = PSPNetLoss(model, p)

@@ -15,6 +15,7 @@ import numpy as np
 from stages.core.artifacts import atomic_write_json
 from stages.core.errors import FssegError
 from stages.core.imageio import read_image, read_label
+from stages.core.validation import checked_label
 
 
 def cache_dir() -> Path:
@@ -109,7 +110,7 @@ class Dataset:
         (8-connected) of each thing class, an approximation for datasets without instances."""
         from scipy import ndimage
 
-        label = self.load_label(sample)
+        label = checked_label(self, sample, self.load_label(sample))
         raw = self.load_instances(sample)
         instances = np.zeros(label.shape, np.int32)
         for c in self.things:
@@ -166,7 +167,8 @@ class Dataset:
         return digest.hexdigest()[:24]
 
     def scan(self, on_progress: Callable[[int, int], None] | None = None) -> dict[str, dict[int, int]]:
-        """Pixel count of every class in every label map (cached on disk, keyed by the listing)."""
+        """Pixel count of every class in every label map (cached on disk, keyed by the listing);
+        a label map with ids the dataset lacks is refused (`checked_label`)."""
         path = cache_dir() / "scans" / f"{self.name}-{self._scan_key()}.json"
         if path.is_file():
             raw = json.loads(path.read_text())
@@ -174,7 +176,7 @@ class Dataset:
         result: dict[str, dict[int, int]] = {}
         samples = self.samples()
         for i, s in enumerate(samples, 1):
-            label = self.load_label(s)
+            label = checked_label(self, s, self.load_label(s))
             counts = np.bincount(label.ravel().astype(np.int64), minlength=self.num_classes)
             result[s.id] = {c: int(counts[c]) for c in range(self.num_classes) if counts[c] > 0}
             if on_progress:

@@ -11,6 +11,7 @@ import numpy as np
 from stages.core.datasets.base import Dataset, Sample
 from stages.core.errors import FssegError
 from stages.core.imageio import read_image
+from stages.core.validation import checked_label
 
 
 @dataclass
@@ -32,7 +33,8 @@ class CheckReport:
 
 
 def _check_one(dataset: Dataset, sample: Sample) -> tuple[str, str | None, np.ndarray | None]:
-    """(kind of problem or "", detail, per-class pixel counts incl. ignore)."""
+    """(kind of problem or "", detail, per-class pixel counts incl. ignore). Sizes and ids are
+    checked by `checked_label`, as every stage that reads the labels checks them."""
     for path in (sample.image, sample.label):
         if path is not None and not path.is_file() and not (path is sample.label and dataset.name == "coco"):
             return "missing", f"{sample.id}: {path}", None
@@ -41,22 +43,21 @@ def _check_one(dataset: Dataset, sample: Sample) -> tuple[str, str | None, np.nd
         label = dataset.load_label(sample)
     except FssegError as err:
         return "unreadable", str(err), None
+    problem = _label_problem(dataset, sample, label, image.shape)
     if image.shape[:2] != label.shape:
-        return (
-            "size_mismatch",
-            (
-                f"{sample.id}: image {image.shape[1]}x{image.shape[0]} vs label "
-                f"{label.shape[1]}x{label.shape[0]}"
-            ),
-            None,
-        )
+        return "size_mismatch", problem, None
     n = dataset.num_classes
     counts = np.bincount(label.ravel().astype(np.int64), minlength=max(n, int(label.max()) + 1))
-    unexpected = [i for i in np.nonzero(counts)[0] if i >= n and i != dataset.ignore_index]
     hist = np.append(counts[:n], counts[dataset.ignore_index] if dataset.ignore_index < len(counts) else 0)
-    if unexpected:
-        return "unexpected_ids", f"{sample.id}: ids {', '.join(map(str, unexpected[:5]))}", hist
-    return "", None, hist
+    return ("unexpected_ids", problem, hist) if problem else ("", None, hist)
+
+
+def _label_problem(dataset: Dataset, sample: Sample, label: np.ndarray, image_shape: tuple) -> str | None:
+    try:
+        checked_label(dataset, sample, label, image_shape)
+    except FssegError as err:
+        return str(err)
+    return None
 
 
 def check_dataset(

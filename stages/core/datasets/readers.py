@@ -72,7 +72,9 @@ class Pascal(Dataset):
         label_dirs = [self.root / "SegmentationClassAug", self.root / "SegmentationClass"]
         self.label_dir = next((d for d in label_dirs if d.is_dir()), None)
         if self.label_dir is None or not (self.root / "JPEGImages").is_dir():
-            raise FssegError(f"{self.root} is not a VOC2012 folder: expected {self.layout}")
+            raise FssegError(
+                f"{self.root} is not a VOC2012 folder: expected {self.layout}; pass the VOC2012 folder"
+            )
         self.pair_list: list[tuple[str, int]] | None = None
 
     def _split_ids(self) -> list[str] | None:
@@ -460,11 +462,18 @@ class Folder(Dataset):
             ) from None
         names = spec.get("names")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise FssegError(f"{config} needs `names:` as a list of class names, e.g. [background, cat]")
+            raise FssegError(
+                f"{config} needs `names:`, a list of class names; write e.g. `names: [background, cat]`"
+            )
         self.class_names = names
         self.ignore_index = int(spec.get("ignore_index", 255))
         self.background = spec.get("background", 0)
-        self.things = tuple(self.class_id(t) for t in spec.get("things", []) or [])
+        try:
+            self.things = tuple(self.class_id(t) for t in spec.get("things", []) or [])
+        except FssegError as err:
+            raise FssegError(
+                f"{config}: `things:` names a class missing from `names:` ({err}); fix the file"
+            ) from None
 
     def _list(self) -> list[Sample]:
         images = self.root / "images"
