@@ -16,6 +16,8 @@ Algorithm: the whole image is resized to a square network input (no centre crop,
         The same forward pass gives a presence score per item (imagenet: calibrated max logit of
         the label's classes; clip: the prompt score); below `min_score` the label is judged absent
         and the mask left empty, since a min-max normalised CAM always has a hot spot.
+Length: just over 400 lines, because both input modes, the prefetching batch loop and the
+        per-item files (CAM, mask, overlay, score) are one resume unit and read best together.
 """
 
 from __future__ import annotations

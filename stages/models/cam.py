@@ -14,6 +14,8 @@ hook swaps its output for a detached leaf), and combines activations A and gradi
 Each map is min-max normalised to [0, 1] per image, as pytorch-grad-cam does, so every map has
 a hottest spot whether or not the label is in the image: the same forward pass also gives a
 presence score per image (`CamScorer.presence`), which says how likely the label is there.
+One module (over 400 lines): the CAM methods, the two scorers and their label/prompt handling
+share the `CamScorer` contract, and the presence calibration belongs to the imagenet scorer.
 """
 
 from __future__ import annotations
