@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fsseg_cli.console import handles_errors, progress, say, setup_logging
-from fsseg_cli.options import Out, Overwrite, Quiet, Verbose
+from fsseg_cli.options import Out, Overwrite, Query, Quiet, Support, Verbose
 from fsseg_cli.params import derive
 from stages.params import FinetuneParams
 
@@ -44,18 +44,14 @@ def finetune_episode(
         Path | None, typer.Option("--episodes", help="Benchmark mode: episodes JSON (fsseg data episodes).")
     ] = None,
     root: Annotated[Path | None, typer.Option("--root", help="Dataset folder, if it moved.")] = None,
-    support: Annotated[
-        str | None, typer.Option("--support", help="Ad-hoc mode: support image folder/file/glob.")
-    ] = None,
+    support: Support = None,
     support_masks: Annotated[
         Path | None,
         typer.Option(
             "--support-masks", help="Ad-hoc mode: the supports' masks (same stems), or a clip-cam artifact."
         ),
     ] = None,
-    query: Annotated[
-        str | None, typer.Option("--query", help="Ad-hoc mode: query image folder/file/glob.")
-    ] = None,
+    query: Query = None,
     params: FinetuneParams = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,

@@ -55,6 +55,11 @@ Out = Annotated[
         "--out", "-o", help="Output folder: one artifact, ends with manifest.json.", rich_help_panel=COMMON
     ),
 ]
+# the ad-hoc mode of refine and finetune-episode: one query folder, every support a shot of each query
+Support = Annotated[
+    str | None, typer.Option("--support", help="Ad-hoc mode: support image folder/file/glob.")
+]
+Query = Annotated[str | None, typer.Option("--query", help="Ad-hoc mode: query image folder/file/glob.")]
 Seed = Annotated[
     int,
     typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fsseg_cli.console import handles_errors, progress, say, setup_logging
-from fsseg_cli.options import Out, Overwrite, Quiet, Verbose
+from fsseg_cli.options import Out, Overwrite, Query, Quiet, Support, Verbose
 from fsseg_cli.params import derive
 from stages.params import RefineParams
 
@@ -42,12 +42,8 @@ def refine(
     root: Annotated[
         Path | None, typer.Option("--root", help="Dataset folder, if it moved since the episodes were made.")
     ] = None,
-    support: Annotated[
-        str | None, typer.Option("--support", help="Ad-hoc mode: support image folder/file/glob.")
-    ] = None,
-    query: Annotated[
-        str | None, typer.Option("--query", help="Ad-hoc mode: query image folder/file/glob.")
-    ] = None,
+    support: Support = None,
+    query: Query = None,
     label: Annotated[str | None, typer.Option("--label", help="Ad-hoc mode: the class name.")] = None,
     support_masks: Annotated[
         Path | None, typer.Option("--support-masks", help="Pixel masks of the supports (same stems).")

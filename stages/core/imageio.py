@@ -53,7 +53,10 @@ def _open(path: str | os.PathLike) -> Image.Image:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """RGB uint8 array (H, W, 3), EXIF orientation applied, alpha dropped, 16-bit scaled."""
-    img = _open(path)
+    return _as_rgb(_open(path))
+
+
+def _as_rgb(img: Image.Image) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img)
     except (OSError, ValueError, SyntaxError):  # a broken EXIF block: keep the stored orientation
@@ -96,13 +99,12 @@ def read_binary_mask(path: str | os.PathLike) -> np.ndarray:
     """A foreground mask (H, W) bool from any image: 0/1 or 0/255, grey or RGB (channels averaged), or a
     palette PNG by its indices (fsseg's own 0/1 masks; a VOC class map: any class, 255 borders excluded
     unless 255 is the only foreground value)."""
-    with _open(path) as img:
-        palette = img.mode == "P"
-    if palette:
-        ids = read_label(path)
+    img = _open(path)
+    if img.mode == "P":
+        ids = np.asarray(img, dtype=np.uint8)
         inner = (ids > 0) & (ids < 255)
         return inner if inner.any() else ids > 0
-    values = read_image(path).mean(axis=2)
+    values = _as_rgb(img).mean(axis=2)
     return values > (127 if values.max() > 1 else 0)
 
 
