@@ -45,7 +45,15 @@ from stages.core.checkpoints import build_from_checkpoint
 from stages.core.datasets import Dataset
 from stages.core.episodes import open_episodes
 from stages.core.errors import FssegError
-from stages.core.imageio import list_images, overlay, read_binary_mask, read_image, write_jpeg, write_label
+from stages.core.imageio import (
+    list_images,
+    overlay,
+    read_image,
+    read_support_mask,
+    support_mask_path,
+    write_jpeg,
+    write_label,
+)
 from stages.core.validation import checked_label
 from stages.models.backbones import network_input
 from stages.models.episode_classifier import Extract, imagenet_features, prototype_start, train_classifiers
@@ -81,12 +89,7 @@ class FolderImages:
 
     def target(self, image_id: str, cls: int, image_hw: tuple[int, int]) -> np.ndarray:
         path = self.masks[image_id]
-        mask = read_binary_mask(path)
-        if mask.shape != tuple(image_hw):
-            raise FssegError(
-                f"support mask {path} is {mask.shape[1]}x{mask.shape[0]} but {self.images[image_id]} is "
-                f"{image_hw[1]}x{image_hw[0]}; masks must match their images"
-            )
+        mask = read_support_mask(path, self.images[image_id], image_hw)
         if not mask.any():
             log.warning("support mask %s is empty: that support shows only background", path)
         return mask.astype(np.int64)
@@ -259,13 +262,7 @@ def _adhoc_episodes(support, support_masks, query) -> tuple[dict[str, Any], Fold
     if (masks_dir / "manifest.json").is_file():
         masks_dir = masks_dir / read_manifest(masks_dir, "cams")["outputs"]["masks"]
     supports, queries = _by_stem(support, "--support"), _by_stem(query, "--query")
-    masks = {}
-    for stem, image in supports.items():
-        masks[f"support/{stem}"] = masks_dir / f"{stem}.png"
-        if not masks[f"support/{stem}"].is_file():
-            raise FssegError(
-                f"no support mask {masks[f'support/{stem}']} for {image.name}; masks share the image's file stem"
-            )
+    masks = {f"support/{stem}": support_mask_path(masks_dir, image) for stem, image in supports.items()}
     doc = {
         "protocol": "fss",
         "shots": len(supports),

@@ -41,8 +41,9 @@ from stages.core.imageio import (
     list_images,
     load_float_map,
     overlay,
-    read_binary_mask,
     read_image,
+    read_support_mask,
+    support_mask_path,
     write_jpeg,
     write_label,
 )
@@ -510,17 +511,8 @@ def _adhoc_jobs(support, query, label, support_masks, cams_dir, artifact, run: R
             img = read_image(path)
             if support_masks is None:
                 return img, cam(path.stem, img, label)
-            mask_path = Path(support_masks) / f"{path.stem}.png"
-            if not mask_path.is_file():
-                raise FssegError(
-                    f"no support mask {mask_path} for {path.name}; masks share the image's file stem"
-                )
-            mask = read_binary_mask(mask_path).astype(np.float32)
-            if mask.shape != img.shape[:2]:
-                raise FssegError(
-                    f"support mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but {path} is "
-                    f"{img.shape[1]}x{img.shape[0]}; masks must match their images"
-                )
+            mask_path = support_mask_path(support_masks, path)
+            mask = read_support_mask(mask_path, path, img.shape[:2]).astype(np.float32)
             return img, mask
 
         return Shot(f"s:{path}", load)

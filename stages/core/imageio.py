@@ -108,6 +108,25 @@ def read_binary_mask(path: str | os.PathLike) -> np.ndarray:
     return values > (127 if values.max() > 1 else 0)
 
 
+def support_mask_path(folder: str | os.PathLike, image: Path) -> Path:
+    """Ad-hoc mode: a support image's mask, `<folder>/<image stem>.png`; an error when it is missing."""
+    path = Path(folder) / f"{image.stem}.png"
+    if not path.is_file():
+        raise FssegError(f"no support mask {path} for {image.name}; masks share the image's file stem")
+    return path
+
+
+def read_support_mask(path: Path, image: Path, image_hw: tuple[int, int]) -> np.ndarray:
+    """Ad-hoc mode: a support's foreground mask (H, W) bool; an error unless it has its image's size."""
+    mask = read_binary_mask(path)
+    if mask.shape != tuple(image_hw):
+        raise FssegError(
+            f"support mask {path} is {mask.shape[1]}x{mask.shape[0]} but {image} is "
+            f"{image_hw[1]}x{image_hw[0]}; masks must match their images"
+        )
+    return mask
+
+
 def write_label(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray | None = None) -> Path:
     """Write a label map losslessly: uint8 as VOC-palette PNG, larger ids as 16-bit PNG."""
     label = np.asarray(label)
