@@ -8,8 +8,9 @@ Every mode reads the images with the authors' preprocessing (PIL bilinear resize
   authors      the peer: the authors' loop structure, one episode at a time, the backbone run for
                every image of every episode, features masked and correlated afresh at every
                step, nothing cached, fp32
-  cache-fp32   fsseg refine's defaults: backbone features cached per image (LRU) and the
-               correlation dot products of a pair computed once and rescaled at every step
+  cache-fp32   fsseg refine's defaults: backbone features cached per image (LRU, the default
+               --feature-cache-mb), the correlation dot products of a pair computed once and
+               rescaled at every step, glibc keeping freed memory (devices.keep_freed_memory)
   plain-bf16   as authors, under bf16 autocast
   cache-bf16   fsseg refine --precision bf16
 Prints episodes/s, peak RSS, speed-up over the peer, and the agreement of the final query masks
@@ -35,11 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import bench_devices, print_hardware, quick, run_children, synchronize, threads  # noqa: E402
+from stages.params import RefineParams  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "data" / "camvid" / "val"
 N_EPISODES, N_IMAGES, SIZE = (3, 2, 96) if quick() else (50, 10, 400)
 BACKBONE = "tiny" if quick() else "resnet50"
-CACHE_MB = 1024  # holds the 10 images' ResNet50 pyramids (~40 MB each)
+CACHE_MB = RefineParams().feature_cache_mb  # fsseg refine's default (a 400-px ResNet50 pyramid: ~40 MB)
 MODES = {
     "authors": (False, "fp32"),
     "cache-fp32": (True, "fp32"),
@@ -66,6 +68,8 @@ def run_mode(mode: str, out: Path, device: str) -> dict:
 
     torch.set_num_threads(threads())
     cached, precision = MODES[mode]
+    if cached and device == "cpu":
+        devices.keep_freed_memory()  # as fsseg refine does
     torch.manual_seed(0)
     model = build("imr_hsnet", tiny=BACKBONE == "tiny", backbone=BACKBONE).eval()
     with torch.no_grad():  # random weights with some spread, so that masks are not trivially empty

@@ -264,6 +264,8 @@ def _start(p: RefineParams, checkpoint: str | Path, *, fixed_support: bool) -> R
     """Seeded once, before anything is built; the device, the processes, the precision, the model."""
     devices.seed_everything(p.seed)
     dev = devices.resolve_device(p.device)
+    if dev.type == "cpu":
+        devices.keep_freed_memory()
     distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
     precision = devices.resolve_precision(p.precision, dev)
     model, method, backbone = load_refiner(checkpoint, dev)

@@ -157,3 +157,9 @@ def test_describe_precision_on_a_gpu(monkeypatch):
     assert describe_precision("cuda:0", "fp16") == (
         "cuda:0: NVIDIA H200 (sm_90), bf16 native -> fp16 (asked; auto would pick bf16)"
     )
+
+
+def test_keep_freed_memory_takes_where_glibc_is_the_c_library():
+    import platform
+
+    assert devices.keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

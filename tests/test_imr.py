@@ -174,10 +174,12 @@ def test_taps_are_the_values_before_each_relu(backbone):
             torch.testing.assert_close(torch.relu(taps[-1]), ref)
 
 
-def test_center_pivot_conv_and_group_norm_match_their_definitions():
-    """Channels-last (B, hq, wq, hs, ws, C) layers against a direct 4D computation."""
+@pytest.mark.parametrize("hs, ws, stride", [(7, 6, 2), (2, 2, 1), (3, 2, 2)])
+def test_center_pivot_conv_and_group_norm_match_their_definitions(hs, ws, stride):
+    """Channels-last (B, hq, wq, hs, ws, C) layers against a direct 4D computation; support grids
+    up to the kernel's size take the dense-matrix path."""
     torch.manual_seed(0)
-    b, hq, wq, hs, ws, c, o, k, stride = 2, 5, 4, 7, 6, 3, 4, 3, 2
+    b, hq, wq, c, o, k = 2, 5, 4, 3, 4, 3
     x = torch.randn(b, hq, wq, hs, ws, c)
     conv = CenterPivotConv4d(c, o, kernel=k, stride=stride)
     got = conv(x)
@@ -209,6 +211,20 @@ def test_center_pivot_conv_and_group_norm_match_their_definitions():
         got.permute(0, 5, 1, 2, 3, 4), 2, norm.weight, norm.bias, norm.eps
     )
     torch.testing.assert_close(norm(got), reference.permute(0, 2, 3, 4, 5, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_dense_support_conv_equals_the_convolution_with_its_gradients():
+    """The mixing blocks' 2x2 support grids run as one matrix product: the same values and the
+    same weight gradients as the padded convolution."""
+    torch.manual_seed(0)
+    conv = CenterPivotConv4d(8, 6, kernel=3, stride=1)
+    x = torch.randn(40, 2, 2, 8)
+    direct = conv.conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    dense = conv._support_conv(x)
+    torch.testing.assert_close(dense, direct, atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(y.square().sum(), [conv.conv2.weight, conv.conv2.bias]) for y in (direct, dense)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind,backbone", [("imr_hsnet", "resnet50"), ("hsnet", "vgg16")])

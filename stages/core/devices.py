@@ -182,6 +182,24 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc serve every allocation from its heap and keep freed blocks for reuse (CPU runs).
+    By default each block above 32 MB is a fresh mmap that the kernel zeroes page by page on first
+    touch and unmaps when freed; refine's 4D correlations and convolution outputs are tens to
+    hundreds of MB and are allocated anew at every step. Returns whether glibc took the setting
+    (False elsewhere, e.g. musl or macOS)."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_max = -1, -4
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch (all devices); return a CPU generator seeded the same way."""
     random.seed(seed)

@@ -123,7 +123,7 @@ class MaskedPair:
         ):
             a = self._scale(n_own, m_own).to(d.dtype)[:, :, :, None, None]
             b = self._scale(n_other, m_other).to(d.dtype)[:, None, None]
-            out.append(torch.mul(d, a).mul_(b))
+            out.append(torch.mul(d, b).mul_(a))  # this order reads and writes d's memory in stride
         return out
 
     def query_side(
@@ -175,9 +175,25 @@ class CenterPivotConv4d(nn.Module):
             in_channels, out_channels, kernel, stride=stride, padding=kernel // 2
         )  # support
 
+    def _support_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """conv2 over the support dims: (N, hs, ws, C) -> (N, hk, wk, O). Where the support grid
+        is no larger than the kernel (the 2x2 grids of the mixing blocks), the convolution is one
+        dense matrix (hs*ws*C, hk*wk*O), built from the kernel by convolving the identity basis:
+        one matrix product instead of N tiny padded convolutions, the same function."""
+        n, hs, ws, c = x.shape
+        k = self.conv2.kernel_size
+        if hs * ws > k[0] * k[1]:
+            return _memory(self.conv2(_images(x)))  # no copy in or out
+        basis = torch.eye(hs * ws * c, dtype=x.dtype, device=x.device).view(-1, hs, ws, c)
+        dense = _memory(F.conv2d(_images(basis), self.conv2.weight.to(x.dtype), None, self.conv2.stride,
+                                 self.conv2.padding))  # fmt: skip
+        hk, wk = dense.shape[1:3]
+        bias = self.conv2.bias.to(x.dtype).repeat(hk * wk)
+        return torch.addmm(bias, x.reshape(n, -1), dense.reshape(hs * ws * c, -1)).view(n, hk, wk, -1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, hq, wq, hs, ws, c = x.shape
-        out = _memory(self.conv2(_images(x.reshape(b * hq * wq, hs, ws, c))))  # no copy in or out
+        out = self._support_conv(x.reshape(b * hq * wq, hs, ws, c))
         hk, wk = out.shape[1:3]
         kept = x[:, :, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         kept = kept.permute(0, 3, 4, 1, 2, 5).reshape(b * hk * wk, hq, wq, c)
