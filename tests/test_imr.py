@@ -222,7 +222,9 @@ def test_dense_support_conv_equals_the_convolution_with_its_gradients():
     direct = conv.conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     dense = conv._support_conv(x)
     torch.testing.assert_close(dense, direct, atol=1e-5, rtol=1e-5)
-    grads = [torch.autograd.grad(y.square().sum(), [conv.conv2.weight, conv.conv2.bias]) for y in (direct, dense)]
+    grads = [
+        torch.autograd.grad(y.square().sum(), [conv.conv2.weight, conv.conv2.bias]) for y in (direct, dense)
+    ]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
