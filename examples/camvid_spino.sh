@@ -8,25 +8,30 @@
 #    as 367 images give ~37x more steps per epoch);
 # 3. train-panoptic on the train pseudo-labels with mixed batches; val PQ / mIoU.
 # --min-segment 40: the paper's 500 px at 1024x2048, scaled to CamVid's 360x480.
+# SIZE (label-gen --size; default the image's own height, the paper's) and TTA (pseudo-label
+# --tta-scales; default 1) apply to both label generators, so the k=10 heads and the supervised
+# reference always share their settings; the README's stronger row is SIZE=720 TTA=0.75,1,1.25.
 set -euo pipefail
 FSSEG=${FSSEG:-.venv/bin/fsseg}
 DATA=${DATA:-../shared/data/camvid}
 OUT=${OUT:-runs/camvid-spino}
 EPOCHS=${EPOCHS:-4}
-common=(--backbone efficientnet_lite0 --device cpu -q)
+SIZE=${SIZE:-}
+TTA=${TTA:-1}
+common=(--backbone efficientnet_lite0 --device cpu -q ${SIZE:+--size "$SIZE"})
 $FSSEG data panoptic-gt camvid --root "$DATA" --split val --out "$OUT/gt-val" -q
 $FSSEG label-gen camvid --root "$DATA" --k 10 "${common[@]}" --out "$OUT/label-gen-k10"
 $FSSEG label-gen camvid --root "$DATA" --k 367 --views 2 --epochs-semantic 10 --epochs-boundary 8 \
   "${common[@]}" --out "$OUT/label-gen-all"
 for heads in k10 all; do
   $FSSEG pseudo-label camvid --root "$DATA" --heads "$OUT/label-gen-$heads" --split val --min-segment 40 \
-    --device cpu -q --out "$OUT/pseudo-val-$heads"
+    --tta-scales "$TTA" --device cpu -q --out "$OUT/pseudo-val-$heads"
   $FSSEG evaluate --task semantic --pred "$OUT/pseudo-val-$heads/semantic" --gt "$DATA/valannot" \
     --num-classes 11 --ignore-index 11 --out "$OUT/pseudo-val-$heads/eval-semantic" -q
   $FSSEG evaluate --task panoptic --dataset camvid --pred "$OUT/pseudo-val-$heads" --gt "$OUT/gt-val" \
     --out "$OUT/pseudo-val-$heads/eval-panoptic" -q
 done
-$FSSEG pseudo-label camvid --root "$DATA" --heads "$OUT/label-gen-k10" --min-segment 40 --device cpu -q \
+$FSSEG pseudo-label camvid --root "$DATA" --heads "$OUT/label-gen-k10" --min-segment 40 --tta-scales "$TTA" --device cpu -q \
   --out "$OUT/pseudo-train-k10"
 $FSSEG train-panoptic --pseudo "$OUT/pseudo-train-k10" --backbone efficientnet_lite0 --epochs "$EPOCHS" \
   --batch-size 8 --val-split val --val-images 50 --device cpu -q --out "$OUT/panoptic-k10"
