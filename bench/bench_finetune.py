@@ -62,7 +62,6 @@ def run(folder: Path, mode: str, img_size: int, label_size: int, device: str) ->
     import torch
 
     from stages.core.artifacts import read_manifest
-    from stages.core.devices import resolve_precision
     from stages.finetune_episode import run_finetune_episode
 
     torch.set_num_threads(threads())
@@ -83,7 +82,7 @@ def run(folder: Path, mode: str, img_size: int, label_size: int, device: str) ->
     synchronize(device)
     return {
         "seconds": time.perf_counter() - start,
-        "precision": resolve_precision(read_manifest(out)["params"]["precision"], torch.device(device)),
+        "precision": read_manifest(out)["resolved"]["precision"],
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stages.core.errors import FssegError
-from stages.params import DEVICE_PATTERN, Precision
+from stages.params import AUTO_FP32_STAGES, DEVICE_PATTERN, Precision
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_CHOICES = get_args(Precision)  # auto and the three above, as the records spell them
@@ -129,14 +129,17 @@ def _cuda_bf16(device: torch.device) -> bool:
             return torch.cuda.is_bf16_supported()
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, stage: str | None = None) -> str:
     """The concrete precision (fp32, bf16 or fp16) that `--precision` means on `device`.
 
     `auto` -> bf16 on a CUDA GPU with native bf16 and on a CPU with bf16 units (cpu_features),
-    fp32 elsewhere (MPS included); never fp16. Other values are checked and returned as they are.
+    fp32 elsewhere (MPS included) and for the stages of `AUTO_FP32_STAGES`; never fp16. Other
+    values are checked and returned as they are.
     """
     if precision not in PRECISION_CHOICES:
         raise FssegError(f"--precision {precision!r} is not one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "auto" and stage in AUTO_FP32_STAGES:
+        return "fp32"
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if _cuda_bf16(device) else "fp32"
