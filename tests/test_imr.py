@@ -227,6 +227,13 @@ def test_dense_support_conv_equals_the_convolution_with_its_gradients():
     ]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # without gradients the matrix is kept, and rebuilt once the weights change in place
+    with torch.no_grad():
+        torch.testing.assert_close(conv._support_conv(x), direct, atol=1e-5, rtol=1e-5)
+        assert conv._dense[1] is conv._dense_kernel(2, 2, 8, x.dtype, x.device)  # kept
+        conv.load_state_dict({k: v * 2 for k, v in conv.state_dict().items()})
+        direct = conv.conv2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(conv._support_conv(x), direct, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind,backbone", [("imr_hsnet", "resnet50"), ("hsnet", "vgg16")])

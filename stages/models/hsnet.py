@@ -184,12 +184,27 @@ class CenterPivotConv4d(nn.Module):
         k = self.conv2.kernel_size
         if hs * ws > k[0] * k[1]:
             return _memory(self.conv2(_images(x)))  # no copy in or out
-        basis = torch.eye(hs * ws * c, dtype=x.dtype, device=x.device).view(-1, hs, ws, c)
-        dense = _memory(F.conv2d(_images(basis), self.conv2.weight.to(x.dtype), None, self.conv2.stride,
-                                 self.conv2.padding))  # fmt: skip
+        dense = self._dense_kernel(hs, ws, c, x.dtype, x.device)
         hk, wk = dense.shape[1:3]
         bias = self.conv2.bias.to(x.dtype).repeat(hk * wk)
         return torch.addmm(bias, x.reshape(n, -1), dense.reshape(hs * ws * c, -1)).view(n, hk, wk, -1)
+
+    def _dense_kernel(self, hs: int, ws: int, c: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """conv2 as a (hs*ws*C, hk, wk, O) tensor. Without gradients (inference) it is built once per
+        weight version, grid and dtype and kept: every squeeze runs these layers, and building it
+        costs a quarter of the product it serves."""
+        weight = self.conv2.weight
+        key = (hs, ws, dtype, device, weight.data_ptr(), weight._version)
+        kept = getattr(self, "_dense", None)
+        if not torch.is_grad_enabled() and kept is not None and kept[0] == key:
+            return kept[1]
+        basis = torch.eye(hs * ws * c, dtype=dtype, device=device).view(-1, hs, ws, c)
+        dense = _memory(
+            F.conv2d(_images(basis), weight.to(dtype), None, self.conv2.stride, self.conv2.padding)
+        )
+        if not torch.is_grad_enabled():
+            self._dense = (key, dense)
+        return dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, hq, wq, hs, ws, c = x.shape
