@@ -138,9 +138,9 @@ def resolve_precision(precision: str, device: torch.device, stage: str | None = 
     """
     if precision not in PRECISION_CHOICES:
         raise FssegError(f"--precision {precision!r} is not one of {', '.join(PRECISION_CHOICES)}")
-    if precision == "auto" and stage in AUTO_FP32_STAGES:
-        return "fp32"
     if precision == "auto":
+        if stage in AUTO_FP32_STAGES:
+            return "fp32"
         if device.type == "cuda":
             return "bf16" if _cuda_bf16(device) else "fp32"
         if device.type == "cpu":
