@@ -160,19 +160,29 @@ def test_describe_precision_on_a_gpu(monkeypatch):
 
 
 def test_auto_stays_fp32_for_stages_whose_numbers_bf16_moves(monkeypatch):
-    """finetune-episode: bf16 moved FSS-1000 1-shot mIoU by 0.7 points (README), so `auto` stays
-    fp32 there even with bf16 units; asked for, bf16 is still given. Its help says so."""
+    """finetune-episode (FSS-1000 1-shot mIoU moved 0.7 points) and train-panoptic (CamVid val PQ
+    moved 0.6 after one epoch): `auto` stays fp32 there even with bf16 units (README); asked for,
+    bf16 is still given. Each stage's help says so and why, and the stage asks with its name."""
     import dataclasses
+    import inspect
 
-    from stages.params import AUTO_FP32_STAGES, FinetuneParams
+    from stages import finetune_episode, train_panoptic
+    from stages.params import AUTO_FP32_STAGES, FinetuneParams, TrainPanopticParams
 
     monkeypatch.setattr(devices, "cpu_features", lambda: SAPPHIRE_RAPIDS)
-    assert AUTO_FP32_STAGES == {"finetune-episode"}
-    assert resolve_precision("auto", CPU, stage="finetune-episode") == "fp32"
-    assert resolve_precision("bf16", CPU, stage="finetune-episode") == "bf16"
+    records = {
+        "finetune-episode": (FinetuneParams, finetune_episode),
+        "train-panoptic": (TrainPanopticParams, train_panoptic),
+    }
+    assert set(AUTO_FP32_STAGES) == set(records)
     assert resolve_precision("auto", CPU, stage="label-gen") == "bf16"
-    help_text = next(f for f in dataclasses.fields(FinetuneParams) if f.name == "precision").metadata["help"]
-    assert "auto: fp32 on every device for this stage" in help_text
+    for stage, (record, module) in records.items():
+        assert resolve_precision("auto", CPU, stage=stage) == "fp32"
+        assert resolve_precision("bf16", CPU, stage=stage) == "bf16"
+        help_text = next(f for f in dataclasses.fields(record) if f.name == "precision").metadata["help"]
+        assert "auto: fp32 on every device for this stage" in help_text
+        assert AUTO_FP32_STAGES[stage] in help_text
+        assert f'stage="{stage}"' in inspect.getsource(module)
 
 
 def test_keep_freed_memory_takes_where_glibc_is_the_c_library():
