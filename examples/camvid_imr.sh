@@ -27,14 +27,5 @@ for refiner in none mutual imr; do
   done
 done
 # the CAMs alone (no few-shot model): each query's own CAM mask, scored on the same episodes
-.venv/bin/python - "$OUT" <<'PY'
-import json, shutil, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-doc = json.loads((out / "episodes.json").read_text())
-pred = out / "cam-only" / "pred"
-pred.mkdir(parents=True, exist_ok=True)
-for i, ep in enumerate(doc["episodes"]):
-    shutil.copyfile(out / "cams-val" / "masks" / f"{ep['query']}__{ep['class']}.png", pred / f"{i:05d}.png")
-PY
+.venv/bin/python examples/episode_preds.py cam "$OUT/episodes.json" "$OUT/cams-val" "$OUT/cam-only/pred"
 $FSSEG evaluate --task fss --pred "$OUT/cam-only/pred" --episodes "$OUT/episodes.json" --out "$OUT/cam-only/eval" -q

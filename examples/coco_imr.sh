@@ -29,33 +29,13 @@ $FSSEG pretrain --method hsnet "${COMMON[@]}" --out "$OUT/hsnet" -q
 # episodes DEST SPLIT FOLD CAMS: 200 one-shot episodes, kept where query and support have a CAM
 episodes() {
   $FSSEG data episodes coco --root "$DATA" --split "$2" --fold "$3" --n 200 --seed 0 --out "$1/episodes-all.json" -q
-  "$PY" - "$1" "$4" <<'PY'
-import json, sys
-from pathlib import Path
-out, cams = Path(sys.argv[1]), Path(sys.argv[2])
-doc = json.loads((out / "episodes-all.json").read_text())
-have = {p.stem for p in (cams / "cams").iterdir()}
-doc["episodes"] = [e for e in doc["episodes"]
-                   if all(f"{i}__{e['class']}" in have for i in [e["query"], *e["support"]])]
-(out / "episodes.json").write_text(json.dumps(doc, indent=1))
-PY
-}
-# pred/<episode>.png from a refine run's step t (steps/tN/query/<episode>_s0.png)
-step_pred() {
-  "$PY" - "$1" "$2" "$3" <<'PY'
-import shutil, sys
-from pathlib import Path
-run, t, dest = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
-dest.mkdir(parents=True, exist_ok=True)
-for f in sorted((run / "steps" / f"t{t}" / "query").glob("*_s0.png")):
-    shutil.copyfile(f, dest / f"{f.name.split('_')[0]}.png")
-PY
+  "$PY" examples/episode_preds.py with-cams "$1/episodes-all.json" "$4" "$1/episodes.json"
 }
 refine() {  # dir cams name checkpoint refiner steps
   $FSSEG refine --checkpoint "$OUT/$4" --episodes "$1/episodes.json" --cams "$2" --refiner "$5" \
     --steps "$6" --supervision label --img-size 256 --precision "$PRECISION" --out "$1/$3" -q
   for t in $(seq 1 "$6"); do
-    step_pred "$1/$3" "$t" "$1/$3/step$t/pred"
+    "$PY" examples/episode_preds.py step "$1/$3" "$t" "$1/$3/step$t/pred"
     $FSSEG evaluate --task fss --pred "$1/$3/step$t/pred" --episodes "$1/episodes.json" --out "$1/$3/step$t/eval" -q
   done
 }
@@ -64,15 +44,7 @@ rows() {  # dir cams: every row of the table on the episodes of dir
   refine "$1" "$2" hsnet-mutual hsnet mutual 2
   refine "$1" "$2" imr-label imr imr 3
   # the CAMs alone: each query's own CAM mask, on the same episodes
-  "$PY" - "$1" "$2" <<'PY'
-import json, shutil, sys
-from pathlib import Path
-out, cams = Path(sys.argv[1]), Path(sys.argv[2])
-pred = out / "cam-only" / "pred"
-pred.mkdir(parents=True, exist_ok=True)
-for i, ep in enumerate(json.loads((out / "episodes.json").read_text())["episodes"]):
-    shutil.copyfile(cams / "masks" / f"{ep['query']}__{ep['class']}.png", pred / f"{i:05d}.png")
-PY
+  "$PY" examples/episode_preds.py cam "$1/episodes.json" "$2" "$1/cam-only/pred"
   $FSSEG evaluate --task fss --pred "$1/cam-only/pred" --episodes "$1/episodes.json" --out "$1/cam-only/eval" -q
   "$PY" examples/imr_table.py "$1"
 }
