@@ -139,18 +139,25 @@ def test_architecture_at_400():
     for a, b in zip(fast + fast_s, slow + slow_s, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     pair = MaskedPair(q, s)
-    for got, want in zip(
-        pair.query_side(level_masks(q, mq), level_masks(s, ms)),
-        [correlation(a, b) for a, b in zip(mask_levels(q, mq), mask_levels(s, ms), strict=True)],
-        strict=True,
-    ):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
-    for got, want in zip(
-        pair.support_side(level_masks(s, ms), level_masks(q, mq)),
-        [correlation(b, a) for a, b in zip(mask_levels(q, mq), mask_levels(s, ms), strict=True)],
-        strict=True,
-    ):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    sides = [
+        (pair.query_side(level_masks(q, mq), level_masks(s, ms)), mask_levels(q, mq), mask_levels(s, ms)),
+        (pair.support_side(level_masks(s, ms), level_masks(q, mq)), mask_levels(s, ms), mask_levels(q, mq)),
+    ]
+    for lazy, own, other in sides:
+        for got, a, b in zip(lazy, own, other, strict=True):
+            want = correlation(a, b)
+            torch.testing.assert_close(got.tensor(), want, atol=1e-6, rtol=1e-4)
+            torch.testing.assert_close(
+                got.strided(2), want[:, :, :, ::2, ::2].permute(0, 3, 4, 1, 2, 5), atol=1e-6, rtol=1e-4
+            )
+            with torch.enable_grad():  # training's path: one tensor, with autograd
+                torch.testing.assert_close(got.tensor(), want, atol=1e-6, rtol=1e-4)
+    # the first 4D convolution reads the lazy correlation slab by slab: the same as on the tensor
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr("stages.models.hsnet.CHUNK_ELEMENTS", 3 * sides[0][0][0].dots[0, 0].numel())
+        for lazy, _, _ in sides:
+            layer = model.hpn_learner.encoder_layer2[0]
+            torch.testing.assert_close(layer(lazy[0]), layer(lazy[0].tensor()), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "vgg16"])
@@ -490,3 +497,22 @@ def test_mask_supervision_without_cams_on_camvid(voc, tmp_path):
     label = run_fsseg(*args, "--supervision", "label", "--out", tmp_path / "label", env=voc["env"])
     assert "knows no 'Pavement', 'Sky'" in error_line(label) and "--supervision mask" in error_line(label)
     assert not (tmp_path / "label").exists()
+
+
+@pytest.mark.parametrize("name", ["hsnet", "imr_hsnet"])
+def test_bf16_training_gradients_are_finite(name):
+    """Episodic training under bf16 autocast (what --precision auto picks on bf16 CPUs and GPUs):
+    every gradient finite. oneDNN's bf16 weight gradient of the dense support convolution was NaN
+    on AMX CPUs, which trained every HSNet/IMR-HSNet to NaN there."""
+    from stages.pretrain.episodic import episode_loss
+
+    torch.manual_seed(0)
+    model = build(name, tiny=True, backbone="tiny")
+    qi, si = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    qt, st = (torch.rand(2, 64, 64) > 0.5).long(), (torch.rand(2, 64, 64) > 0.5).long()
+    batch = (qi, qt, torch.rand(2, 1, 8, 8), si, st, torch.rand(2, 1, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = episode_loss(model, name.replace("_", "-"), batch, steps=2, lambdas=[1, 1], w_s=1)
+    loss.backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert torch.isfinite(loss) and not bad, bad

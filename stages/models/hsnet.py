@@ -79,6 +79,51 @@ def correlation(query: Sequence[torch.Tensor], support: Sequence[torch.Tensor]) 
     return _relu_dots([_unit(q) for q in query], [_unit(s) for s in support])
 
 
+CHUNK_ELEMENTS = 1 << 20  # elements of a correlation slab scaled at a time (4 MB in fp32: cache-sized)
+
+
+class ScaledDots:
+    """A correlation (B, h, w, h', w', n) held as ReLU'd raw dot products `dots` (possibly a
+    permuted view) with the per-position scales `own` (B, h, w, n) and `other` (B, h', w', n):
+    its values are dots * other * own. The first 4D convolution of each squeeze block reads it
+    a few own-rows at a time (`rows`) and at the support positions it keeps (`strided`), so the
+    full scaled tensor is never written to memory."""
+
+    def __init__(self, dots: torch.Tensor, own: torch.Tensor, other: torch.Tensor):
+        self.dots, self.own, self.other = dots, own, other
+        self.shape = dots.shape
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Own rows start:stop, scaled, contiguous."""
+        d = self.dots[:, start:stop]
+        out = torch.mul(
+            d, self.other[:, None, None], out=torch.empty(d.shape, dtype=d.dtype, device=d.device)
+        )
+        return out.mul_(self.own[:, start:stop, :, None, None])  # the order of MaskedPair's products
+
+    def strided(self, stride: int) -> torch.Tensor:
+        """The values at every `stride`-th position of the other dims, other-major: a contiguous
+        (B, h'/stride, w'/stride, h, w, n)."""
+        d = self.dots[:, :, :, ::stride, ::stride].permute(0, 3, 4, 1, 2, 5)
+        out = torch.empty(d.shape, dtype=d.dtype, device=d.device)
+        torch.mul(d, self.other[:, ::stride, ::stride, None, None], out=out)
+        return out.mul_(self.own[:, None, None])
+
+    def chunk_rows(self) -> int:
+        """Own rows per slab of about CHUNK_ELEMENTS."""
+        return max(1, CHUNK_ELEMENTS // (self.dots[0, 0].numel() or 1))
+
+    def tensor(self) -> torch.Tensor:
+        """The whole scaled correlation (with autograd when it is on: training's masks carry gradients)."""
+        if not torch.is_grad_enabled():
+            return self.rows(0, self.shape[1])
+        scaled = torch.mul(self.dots, self.other[:, None, None]).mul_(self.own[:, :, :, None, None])
+        return scaled.contiguous()
+
+
+Correlation = torch.Tensor | ScaledDots
+
+
 class MaskedPair:
     """Correlation pyramids of one query/support pair whose features are masked per position.
 
@@ -99,9 +144,6 @@ class MaskedPair:
             ]  # (B, h, w, n)
             self.s_norms = [torch.stack([f.norm(dim=1) for f in level], -1) for level in support]
             self.dots = [_relu_dots(q, s) for q, s in zip(query, support, strict=True)]
-            self.dots_t: list[torch.Tensor] | None = (
-                None  # support-major copies, once the support branch runs
-            )
 
     @staticmethod
     def _scale(norms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -116,19 +158,17 @@ class MaskedPair:
             for a, m, b, n in zip(own, own_masks, other, other_masks, strict=True)
         ]
 
-    def _side(self, dots, own_norms, own_masks, other_norms, other_masks) -> list[torch.Tensor]:
-        out = []
-        for d, n_own, m_own, n_other, m_other in zip(
-            dots, own_norms, own_masks, other_norms, other_masks, strict=True
-        ):
-            a = self._scale(n_own, m_own).to(d.dtype)[:, :, :, None, None]
-            b = self._scale(n_other, m_other).to(d.dtype)[:, None, None]
-            out.append(torch.mul(d, b).mul_(a))  # this order reads and writes d's memory in stride
-        return out
+    def _side(self, dots, own_norms, own_masks, other_norms, other_masks) -> list[Correlation]:
+        return [
+            ScaledDots(d, self._scale(n_own, m_own).to(d.dtype), self._scale(n_other, m_other).to(d.dtype))
+            for d, n_own, m_own, n_other, m_other in zip(
+                dots, own_norms, own_masks, other_norms, other_masks, strict=True
+            )
+        ]
 
     def query_side(
         self, query_masks: list[torch.Tensor], support_masks: list[torch.Tensor]
-    ) -> list[torch.Tensor]:
+    ) -> list[Correlation]:
         """Correlation pyramid (fine, middle, coarse) of the masked query against the masked support."""
         if not self.reuse:
             return self._direct(self.query, query_masks, self.support, support_masks)
@@ -136,13 +176,12 @@ class MaskedPair:
 
     def support_side(
         self, support_masks: list[torch.Tensor], query_masks: list[torch.Tensor]
-    ) -> list[torch.Tensor]:
+    ) -> list[Correlation]:
         """Correlation pyramid of the masked support against the masked query."""
         if not self.reuse:
             return self._direct(self.support, support_masks, self.query, query_masks)
-        if self.dots_t is None:
-            self.dots_t = [d.permute(0, 3, 4, 1, 2, 5).contiguous() for d in self.dots]
-        return self._side(self.dots_t, self.s_norms, support_masks, self.q_norms, query_masks)
+        dots_t = [d.permute(0, 3, 4, 1, 2, 5) for d in self.dots]  # support-major views, no copy
+        return self._side(dots_t, self.s_norms, support_masks, self.q_norms, query_masks)
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:
@@ -198,20 +237,35 @@ class CenterPivotConv4d(nn.Module):
         kept = getattr(self, "_dense", None)
         if not torch.is_grad_enabled() and kept is not None and kept[0] == key:
             return kept[1]
-        basis = torch.eye(hs * ws * c, dtype=dtype, device=device).view(-1, hs, ws, c)
-        dense = _memory(
-            F.conv2d(_images(basis), weight.to(dtype), None, self.conv2.stride, self.conv2.padding)
-        )
+        # built in float32, autocast off: it only places the weights, so its bf16 cast is the
+        # weights' own rounding, and oneDNN's bf16 weight gradient of this convolution can be NaN
+        # (AMX CPUs, torch 2.14, measured)
+        with torch.autocast(torch.device(device).type, enabled=False):
+            basis = torch.eye(hs * ws * c, device=device).view(-1, hs, ws, c)
+            dense = _memory(
+                F.conv2d(_images(basis), weight.float(), None, self.conv2.stride, self.conv2.padding)
+            ).to(dtype)
         if not torch.is_grad_enabled():
             self._dense = (key, dense)
         return dense
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Correlation) -> torch.Tensor:
+        if isinstance(x, ScaledDots) and torch.is_grad_enabled():
+            x = x.tensor()
         b, hq, wq, hs, ws, c = x.shape
-        out = self._support_conv(x.reshape(b * hq * wq, hs, ws, c))
+        if isinstance(x, ScaledDots):  # inference: conv2 slab by slab, conv1 on the kept positions only
+            step = x.chunk_rows()
+            slabs = [self._support_conv(x.rows(r, r + step).view(-1, hs, ws, c)) for r in range(0, hq, step)]
+            out = torch.cat([slab.view(b, -1, wq, *slab.shape[1:]) for slab in slabs], 1)
+            out = out.view(b * hq * wq, *out.shape[3:])
+            kept = x.strided(self.stride)
+        else:
+            out = self._support_conv(x.reshape(b * hq * wq, hs, ws, c))
+            kept = (x[:, :, :, :: self.stride, :: self.stride] if self.stride > 1 else x).permute(
+                0, 3, 4, 1, 2, 5
+            )
         hk, wk = out.shape[1:3]
-        kept = x[:, :, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-        kept = kept.permute(0, 3, 4, 1, 2, 5).reshape(b * hk * wk, hq, wq, c)
+        kept = kept.reshape(b * hk * wk, hq, wq, c).contiguous()  # conv1 runs fastest on dense channels-last
         q = _memory(self.conv1(_images(kept))).view(b, hk, wk, hq, wq, -1)
         return out.view(b, hq, wq, hk, wk, -1).add_(q.permute(0, 3, 4, 1, 2, 5))
 
