@@ -131,8 +131,9 @@ class MaskedPair:
     accumulate). Masking a feature f by m and normalising afterwards, as `correlation` does, is
     the same as scaling the ReLU'd raw dot products: relu(q_i . s_j) a_i b_j with
     a = m_q / (m_q |q| + eps) and b = m_s / (m_s |s| + eps). With `reuse` (the default) the raw
-    products are computed once per pair and every step only rescales them; the support branch
-    reads them transposed. Without it, every call masks the features and correlates them
+    products are computed once per pair and every step only rescales them, lazily (`ScaledDots`,
+    the rescaling done by the first 4D convolution); the support branch reads them transposed
+    (a view). Without it, every call masks the features and correlates them
     directly, as the authors' code does; the results agree to float rounding (tested).
     """
 
