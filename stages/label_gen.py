@@ -188,7 +188,7 @@ def _train_heads(
                 optimizers[head].zero_grad(set_to_none=True)
                 loss.backward()
                 optimizers[head].step()
-                losses[head].append(loss.item())
+                losses[head].append(training.finite_loss(loss, f"epoch {epoch + 1}, {head} head", precision))
             step += 1
             if on_progress is not None:
                 status = " ".join(f"{h} {np.mean(v):.3f}" for h, v in losses.items() if v)

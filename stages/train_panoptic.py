@@ -235,7 +235,7 @@ def _train_epoch(net, optimizer, batches, loader: MixedBatches, rng, *, lr, firs
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(training.finite_loss(loss, f"{status}, step {b + 1}", precision))
         if on_progress is not None:
             on_progress(first_it + b + 1, total, status=f"{status} loss {np.mean(losses):.3f}")
     return float(np.mean(losses)), round(time.time() - started, 2)

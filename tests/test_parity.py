@@ -9,11 +9,13 @@ the stage's own functions.
 
 Tolerances: taps, relative 1e-5 (the norm of the difference of the channel-sum maps over their
 norm: single sums of 2048 channels cancel too much for an elementwise rule); masks identical
-except where the expected margin |l1 - l0| at 400x400 is below 1e-3; logits 1e-4 for HSNet and
-2e-4 for IMR-HSNet. The IMR head amplifies float noise in the backbone taps: on these fixtures fsseg's
-float32 IMR logits are up to 1.0e-4 (query) / 1.7e-4 (support) from its own float64 forward, and
-running the backbone in channels-last layout moves them by 1.1e-4, so differences of that size are
-rounding, not a different function (HSNet, without the GRU, stays within 1e-5).
+except where the expected margin |l1 - l0| at 400x400 is below 1e-3; logits 1e-4 (the fixture
+README's), except IMR-HSNet on x86 CPUs without AVX-512: 2e-4. The IMR head amplifies float noise
+in the backbone taps: on these fixtures fsseg's float32 IMR logits are up to 1.0e-4 (query) /
+1.7e-4 (support) from its own float64 forward, and running the backbone in channels-last layout
+moves them by 1.1e-4, so differences of that size are rounding, not a different function. Measured
+max |logit diff|: on a Xeon with AVX-512/AMX, HSNet 4.5e-6 and IMR-HSNet 6.9e-6; on an AVX2-only
+CPU, IMR-HSNet 1.26e-4 (HSNet, without the GRU, within 1e-5 there).
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ import numpy as np
 import pytest
 import torch
 
+from stages.core.devices import cpu_features
 from stages.refine import vote
 from tests.conftest import ROOT, SHARED_DATA
 from tests.parity import authors_checkpoint, load
 
 FOLDER = Path(os.environ.get("FSSEG_PARITY_FIXTURES") or ROOT.parent / "shared" / "reference" / "parity")
 MARGIN = 1e-3
-LOGIT_ATOL = {"hsnet": 1e-4, "imr-hsnet": 2e-4}
+# the fixture README's 1e-4; on x86 CPUs without AVX-512, whose oneDNN convolution kernels round the
+# backbone differently, IMR-HSNet's float32 logits land up to 1.3e-4 away (measured), so 2e-4 there
+_AVX2_ONLY = "avx2" in (cpu_features().flags or ()) and "avx512f" not in (cpu_features().flags or ())
+LOGIT_ATOL = {"hsnet": 1e-4, "imr-hsnet": 2e-4 if _AVX2_ONLY else 1e-4}
 SOURCES = {  # preprocess.pt: each check's input file
     "support_img_u8": "support_img_path",
     "query_img_u8": "query_img_path",

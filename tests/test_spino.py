@@ -389,3 +389,21 @@ def test_panoptic_model_shapes_and_trainable_parts(backbone):
     assert out["offset"].shape == (2, 2, 56, 112)
     backbone_trainable = any(p.requires_grad for p in model.backbone.parameters())
     assert backbone_trainable == (backbone == "resnet50")  # frozen backbones get only the adapter trained
+
+
+def test_a_diverged_training_stops_with_one_line_and_no_artifact(street, tmp_path, monkeypatch):
+    """A NaN loss (here forced) ends the stage with an error naming the step and a fix, instead
+    of training on to NaN weights and writing them as a finished artifact."""
+    from stages.core.errors import FssegError
+    from stages.label_gen import run_label_gen
+
+    monkeypatch.setattr(
+        "stages.label_gen.bootstrapped_ce", lambda logits, *a, **k: logits.sum() * float("nan")
+    )
+    with pytest.raises(
+        FssegError, match=r"training diverged: the loss is nan at epoch 1, semantic head \(rerun"
+    ):
+        run_label_gen(tmp_path / "lg", dataset="folder", root=street, k=3, backbone="tiny",
+                      backbone_weights="random", views=1, epochs_semantic=1, epochs_boundary=1,
+                      device="cpu")  # fmt: skip
+    assert not (tmp_path / "lg" / "manifest.json").exists() and not (tmp_path / "lg" / "heads.pt").exists()

@@ -18,6 +18,7 @@ import torch
 from stages.core import distributed
 from stages.core.artifacts import atomic_write_text
 from stages.core.checkpoints import load_checkpoint, save_checkpoint, set_rng_state
+from stages.core.errors import FssegError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,16 @@ def improved(score: float | None, best: float) -> tuple[bool, float]:
 
 
 NO_SCORE = -1.0  # `best` before any validation; recorded as None in manifests
+
+
+def finite_loss(loss: torch.Tensor, where: str, precision: str) -> float:
+    """The loss as a float, or a one-line error when it is NaN or infinite: the model has diverged
+    and every later step would train on NaN weights. Checkpoints of earlier epochs stay as they were."""
+    value = loss.item()
+    if not math.isfinite(value):
+        fix = "rerun with --precision fp32" if precision != "fp32" else "rerun with a lower --lr"
+        raise FssegError(f"training diverged: the loss is {value} at {where} ({fix})")
+    return value
 
 
 def cosine_lr(base_lr: float, it: int, total: int) -> float:

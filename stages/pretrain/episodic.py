@@ -200,7 +200,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(training.finite_loss(loss, f"epoch {epoch + 1}, step {b}", run.precision))
         done = epoch * per_epoch + min(b * p.batch_size, per_epoch)
         run.report(done, p.epochs * per_epoch, epoch=epoch, epochs=p.epochs, losses=losses, best=best)
     return losses

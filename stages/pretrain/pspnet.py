@@ -148,7 +148,9 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(
+            training.finite_loss(loss, f"epoch {epoch + 1}, step {b // per_rank + 1}", run.precision)
+        )
         run.report(it + 1, total_iters, epoch=epoch, epochs=p.epochs, losses=losses, best=best)
     return losses
 
