@@ -7,7 +7,8 @@ set -euo pipefail
 FSSEG=${FSSEG:-.venv/bin/fsseg}
 DATA=${DATA:-../shared/data/camvid}
 OUT=${OUT:-runs/camvid-imr}
-# PRECISION=auto (the default): bf16 where the CPU has bf16 units (AVX-512 BF16 / AMX), else fp32
+# PRECISION=auto (the default): bf16 where the CPU has bf16 units (AVX-512 BF16 / AMX), else fp32;
+# pretrain keeps fp32 under auto everywhere (README, "Common options")
 PRECISION=${PRECISION:-auto}
 COMMON=(--dataset camvid --root "$DATA" --fold 2 --backbone efficientnet_lite0 --img-size 256 --batch-size 8
         --episodes-per-epoch 200 --epochs 3 --precision "$PRECISION")

@@ -166,13 +166,14 @@ def test_auto_stays_fp32_for_stages_whose_numbers_bf16_moves(monkeypatch):
     import dataclasses
     import inspect
 
-    from stages import finetune_episode, train_panoptic
-    from stages.params import AUTO_FP32_STAGES, FinetuneParams, TrainPanopticParams
+    from stages import finetune_episode, pretrain, train_panoptic
+    from stages.params import AUTO_FP32_STAGES, FinetuneParams, TrainPanopticParams, TrainParams
 
     monkeypatch.setattr(devices, "cpu_features", lambda: SAPPHIRE_RAPIDS)
     records = {
         "finetune-episode": (FinetuneParams, finetune_episode),
         "train-panoptic": (TrainPanopticParams, train_panoptic),
+        "pretrain": (TrainParams, pretrain),
     }
     assert set(AUTO_FP32_STAGES) == set(records)
     assert resolve_precision("auto", CPU, stage="label-gen") == "bf16"
