@@ -250,7 +250,7 @@ def run_clip_cam(
     devices.seed_everything(p.seed)
     dev = devices.resolve_device(p.device)
     distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
-    precision = devices.resolve_precision(p.precision, dev)
+    precision = devices.stage_precision(p, dev)
     plan = _plan(p, images=images, label=label, dataset=dataset, root=root, split=split)
     resolved = _resolved(p, plan, precision, label=label, dataset=dataset, split=split)
     with open_artifact(

@@ -187,7 +187,7 @@ def run_finetune_episode(
     # 2. seeded once; the device, the precision, the frozen features
     devices.seed_everything(p.seed)
     dev = devices.resolve_device(p.device)
-    precision = devices.resolve_precision(p.precision, dev, stage="finetune-episode")
+    precision = devices.stage_precision(p, dev)
     extract, backbone, old = _frozen_features(p, checkpoint, dev, doc["base_classes"])
     feats = Features(extract, source, p.img_size, backbone, dev, precision, p.feature_cache_mb)
     feats.label_size = p.label_size or (p.img_size if checkpoint else 4 * _feature_side(feats))

@@ -216,7 +216,7 @@ def run_label_gen(
     chosen = choose_indices(ds, p.k, p.indices, p.seed)
     samples = [ds.samples()[i] for i in chosen]
     dev = devices.resolve_device(p.device)
-    precision = devices.resolve_precision(p.precision, dev)
+    precision = devices.stage_precision(p, dev)
     resolved = {
         "dataset": dataset, "root": str(Path(root).resolve()), "split": ds.split, "indices": chosen,
         "ids": [s.id for s in samples], "precision": precision, "class_names": ds.class_names,

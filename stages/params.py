@@ -276,7 +276,13 @@ def fp32_precision(stage: str) -> Any:
         f"Autocast precision; auto: fp32 on every device for this stage ({AUTO_FP32_STAGES[stage]}, "
         "see the README); bf16 when asked."
     )
-    return field(default=base.default, metadata={**base.metadata, "help": why})
+    return field(default=base.default, metadata={**base.metadata, "help": why, "auto_fp32": stage})
+
+
+def auto_fp32_stage(params: Params) -> str | None:
+    """The AUTO_FP32_STAGES stage whose `precision` field (`fp32_precision`) the record carries, else None."""
+    precision = next(f for f in dataclasses.fields(params) if f.name == "precision")
+    return precision.metadata.get("auto_fp32")
 
 
 NUM_WORKERS_HELP = "Worker threads/processes for reading data."

@@ -46,7 +46,7 @@ def run_predict_panoptic(
     p = resolve(PredictPanopticParams, params, changes)
     ds = open_dataset(dataset, root, p.split)
     dev = devices.resolve_device(p.device)
-    precision = devices.resolve_precision(p.precision, dev)
+    precision = devices.stage_precision(p, dev)
     distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
     resolved = {
         "dataset": dataset,

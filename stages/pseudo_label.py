@@ -91,7 +91,7 @@ def run_pseudo_label(
     annotated = set(made["ids"]) if same_images else set()
     ids = [s.id for s in ds.samples() if s.id not in annotated]
     dev = devices.resolve_device(p.device)
-    precision = devices.resolve_precision(p.precision, dev)
+    precision = devices.stage_precision(p, dev)
     distributed.init_distributed(dev.type)
     resolved = {
         "dataset": dataset, "root": str(root.resolve()), "split": ds.split, "precision": precision,

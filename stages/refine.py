@@ -267,7 +267,7 @@ def _start(p: RefineParams, checkpoint: str | Path, *, fixed_support: bool) -> R
     if dev.type == "cpu":
         devices.keep_freed_memory()
     distributed.init_distributed(dev.type)  # under torchrun: join, then shard the items
-    precision = devices.resolve_precision(p.precision, dev)
+    precision = devices.stage_precision(p, dev)
     model, method, backbone = load_refiner(checkpoint, dev)
     return Run(model, method, backbone, dev, precision, fixed_support, p)
 

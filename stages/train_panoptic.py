@@ -258,7 +258,7 @@ def run_train_panoptic(
     gt_ids = annotated_ids if p.mixed else []
     dev = devices.resolve_device(p.device)
     dist = distributed.init_distributed(dev.type)
-    precision = devices.resolve_precision(p.precision, dev, stage="train-panoptic")
+    precision = devices.stage_precision(p, dev)
     kwargs = model_kwargs("panoptic_deeplab", tiny=p.tiny, backbone=p.backbone, num_classes=ds.num_classes)
     first = ds.load_image(ds.sample(pseudo_ids[0]))
     resolved = {"precision": precision, "pseudo_images": len(pseudo_ids), "ground_truth_ids": gt_ids}

@@ -19,6 +19,7 @@ from stages.core.devices import (
     resolve_device,
     resolve_precision,
     seed_everything,
+    stage_precision,
 )
 from stages.core.errors import FssegError
 
@@ -160,30 +161,49 @@ def test_describe_precision_on_a_gpu(monkeypatch):
 
 
 def test_auto_stays_fp32_for_stages_whose_numbers_bf16_moves(monkeypatch):
-    """finetune-episode (FSS-1000 1-shot mIoU moved 0.7 points) and train-panoptic (CamVid val PQ
-    moved 0.6 after one epoch): `auto` stays fp32 there even with bf16 units (README); asked for,
-    bf16 is still given. Each stage's help says so and why, and the stage asks with its name."""
+    """finetune-episode, train-panoptic and pretrain (README, "Common options"): `auto` stays fp32
+    there even with bf16 units; asked for, bf16 is still given. Each stage's help says so and why,
+    and every model-running stage resolves its precision from its record, where that is written."""
     import dataclasses
     import inspect
 
-    from stages import finetune_episode, pretrain, train_panoptic
-    from stages.params import AUTO_FP32_STAGES, FinetuneParams, TrainPanopticParams, TrainParams
+    from stages import (
+        clip_cam,
+        finetune_episode,
+        label_gen,
+        predict_panoptic,
+        pretrain,
+        pseudo_label,
+        refine,
+        train_panoptic,
+    )
+    from stages.params import (
+        AUTO_FP32_STAGES,
+        EpisodicTrainParams,
+        FinetuneParams,
+        LabelGenParams,
+        PSPNetTrainParams,
+        TrainPanopticParams,
+    )
 
     monkeypatch.setattr(devices, "cpu_features", lambda: SAPPHIRE_RAPIDS)
     records = {
-        "finetune-episode": (FinetuneParams, finetune_episode),
-        "train-panoptic": (TrainPanopticParams, train_panoptic),
-        "pretrain": (TrainParams, pretrain),
+        "finetune-episode": [FinetuneParams],
+        "train-panoptic": [TrainPanopticParams],
+        "pretrain": [EpisodicTrainParams, PSPNetTrainParams],
     }
     assert set(AUTO_FP32_STAGES) == set(records)
-    assert resolve_precision("auto", CPU, stage="label-gen") == "bf16"
-    for stage, (record, module) in records.items():
-        assert resolve_precision("auto", CPU, stage=stage) == "fp32"
-        assert resolve_precision("bf16", CPU, stage=stage) == "bf16"
-        help_text = next(f for f in dataclasses.fields(record) if f.name == "precision").metadata["help"]
-        assert "auto: fp32 on every device for this stage" in help_text
-        assert AUTO_FP32_STAGES[stage] in help_text
-        assert f'stage="{stage}"' in inspect.getsource(module)
+    assert stage_precision(LabelGenParams(), CPU) == "bf16"
+    for stage, classes in records.items():
+        for record in classes:
+            assert stage_precision(record(), CPU) == "fp32"
+            assert stage_precision(record(precision="bf16"), CPU) == "bf16"
+            help_text = next(f for f in dataclasses.fields(record) if f.name == "precision").metadata["help"]
+            assert "auto: fp32 on every device for this stage" in help_text
+            assert AUTO_FP32_STAGES[stage] in help_text
+    for module in (clip_cam, finetune_episode, label_gen, predict_panoptic, pretrain, pseudo_label, refine,
+                   train_panoptic):  # fmt: skip
+        assert "devices.stage_precision(p, dev)" in inspect.getsource(module), module.__name__
 
 
 def test_keep_freed_memory_takes_where_glibc_is_the_c_library():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stages.core.errors import FssegError
-from stages.params import AUTO_FP32_STAGES, DEVICE_PATTERN, Precision
+from stages.params import AUTO_FP32_STAGES, DEVICE_PATTERN, Precision, auto_fp32_stage
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_CHOICES = get_args(Precision)  # auto and the three above, as the records spell them
@@ -127,6 +127,12 @@ def _cuda_bf16(device: torch.device) -> bool:
             return torch.cuda.is_bf16_supported(including_emulation=False)
         except TypeError:  # torch before 2.3 has no emulation and no such argument
             return torch.cuda.is_bf16_supported()
+
+
+def stage_precision(params, device: torch.device) -> str:
+    """resolve_precision of a stage's parameter record: its `precision`, kept fp32 under `auto`
+    when the record's field says so (`params.fp32_precision`)."""
+    return resolve_precision(params.precision, device, stage=auto_fp32_stage(params))
 
 
 def resolve_precision(precision: str, device: torch.device, stage: str | None = None) -> str:

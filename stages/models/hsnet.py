@@ -114,9 +114,7 @@ class ScaledDots:
         return max(1, CHUNK_ELEMENTS // (self.dots[0, 0].numel() or 1))
 
     def tensor(self) -> torch.Tensor:
-        """The whole scaled correlation (with autograd when it is on: training's masks carry gradients)."""
-        if not torch.is_grad_enabled():
-            return self.rows(0, self.shape[1])
+        """The whole scaled correlation, contiguous; differentiable (training's masks carry gradients)."""
         scaled = torch.mul(self.dots, self.other[:, None, None]).mul_(self.own[:, :, :, None, None])
         return scaled.contiguous()
 

@@ -140,7 +140,7 @@ def run_pretrain(
     devices.seed_everything(p.seed)
     dev = devices.resolve_device(p.device)
     dist = distributed.init_distributed(dev.type)
-    precision = devices.resolve_precision(p.precision, dev, stage="pretrain")
+    precision = devices.stage_precision(p, dev)
 
     # 3. the fold: its novel classes are held out, the others are the base classes trained on
     ds = open_dataset(dataset, root, p.split)
