@@ -62,6 +62,27 @@ def test_adhoc_mode_writes_a_mask_and_an_overlay_per_query(tmp_path):
     assert (out / "masks" / "p0.png").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.parametrize(("cache_mb", "passes"), [(0, 3 * (2 + 1)), (None, 2 + 3)])
+def test_each_image_goes_through_the_backbone_once_per_episode_or_once(
+    tmp_path, monkeypatch, cache_mb, passes
+):
+    """Without a cache (the report's loop) each of 3 episodes computes its 2 supports and its query;
+    with the default cache each of the 5 images is computed once."""
+    import stages.finetune_episode as fe
+
+    _photos(tmp_path / "s", tmp_path / "m", 2, seed=0)
+    _photos(tmp_path / "q", None, 3, seed=1)
+    seen = []
+    compute = fe.Features._compute
+    monkeypatch.setattr(fe.Features, "_compute", lambda self, i: seen.append(i) or compute(self, i))
+    extra = {} if cache_mb is None else {"feature_cache_mb": cache_mb, "batch_episodes": 1}
+    run_finetune_episode(
+        tmp_path / "out", support=tmp_path / "s", support_masks=tmp_path / "m", query=tmp_path / "q",
+        steps=1, **TINY, **extra,
+    )  # fmt: skip
+    assert len(seen) == passes
+
+
 def test_prototype_start_alone_already_segments(tmp_path):
     """One SGD step from the cosine prototypes of the offline Lite0's features: the start is a classifier."""
     _photos(tmp_path / "s", tmp_path / "m", 1, seed=0)

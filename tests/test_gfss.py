@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from stages.models.episode_classifier import distillation, reformulated_ce, train_classifiers
-from stages.models.pspnet import PSPNet, pixel_info_nce, sample_anchors
+from stages.models.pspnet import PSPNet, _SpaceToBatchConv2d, pixel_info_nce, sample_anchors
 from tests.conftest import error_line, make_voc_tree, run_fsseg
 
 
@@ -36,6 +36,25 @@ def test_info_nce_equals_a_loop():
     assert float(pixel_info_nce(emb, labels, temperature=t, base_temperature=base)) == pytest.approx(
         expected, rel=1e-5
     )
+
+
+@pytest.mark.parametrize("hw", [(28, 28), (23, 30)])
+def test_space_to_batch_depthwise_equals_the_dilated_conv(hw):
+    """The Lite0 PSPNet's 5x5, dilation-4 depthwise convs run on interleaved sub-grids; values and
+    gradients equal the dilated conv's, on maps whose sides are and are not multiples of 4."""
+    torch.manual_seed(0)
+    dilated = torch.nn.Conv2d(6, 6, 5, padding=8, dilation=4, groups=6)
+    twin = _SpaceToBatchConv2d.like(dilated)
+    assert twin.state_dict().keys() == dilated.state_dict().keys()
+    x = torch.randn(2, 6, *hw, requires_grad=True)
+    a, b = dilated(x), twin(x)
+    torch.testing.assert_close(b, a)
+    ga = torch.autograd.grad(a.square().sum(), [x, dilated.weight])
+    gb = torch.autograd.grad(b.square().sum(), [x, twin.weight])
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(v, u)
+    model = PSPNet(backbone="efficientnet_lite0", num_classes=3)
+    assert sum(isinstance(m, _SpaceToBatchConv2d) for m in model.modules()) == 3
 
 
 def test_anchor_sampler_never_picks_background_or_ignored():
