@@ -3,4 +3,4 @@
 Nothing here imports the CLI, rich or typer; stages talk to each other through files.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
