@@ -419,17 +419,16 @@ def _support_batch(rows, run: Run) -> tuple[torch.Tensor, ...]:
     (S: the most shots of an episode; a shorter episode's missing shots stay invalid)."""
     n_old, size, dev, gfss = len(run.base) + 1, run.feats.label_size, run.dev, run.p.mode == "gfss"
     e, n_shots = len(rows), max(len(shots) for _, _, shots in rows)
-    first = _support_data(run.feats, *rows[0][2][0], run.p.mode)  # its shape sizes the batch
-    d, h, w_ = first[0].shape
-    x = torch.zeros(e, n_shots, d, h, w_, device=dev)
+    x = None  # (E, S, D, h, w), sized by the first support's features
     target = torch.zeros(e, n_shots, size, size, dtype=torch.long, device=dev)
     valid = torch.zeros(e, n_shots, size, size, device=dev)
     teacher = torch.zeros(e, n_shots, size, size, n_old, device=dev) if gfss else None
     column_px = torch.zeros(e, n_shots, size, size, dtype=torch.long, device=dev)
     for j, (_, novel, shots) in enumerate(rows):
         for k, (sid, c) in enumerate(shots):
-            # without a cache, every support's features are computed once per episode, as in the report
-            fx, ft, fte = first if j == k == 0 else _support_data(run.feats, sid, c, run.p.mode)
+            fx, ft, fte = _support_data(run.feats, sid, c, run.p.mode)
+            if x is None:
+                x = torch.zeros(e, n_shots, *fx.shape, device=dev)
             x[j, k], target[j, k] = fx, ft.clamp(max=1)
             valid[j, k] = (ft != 255).float()
             column_px[j, k] = n_old + novel.index(c) if gfss else 1
